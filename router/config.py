@@ -2,7 +2,8 @@
 
 Loading collects every error it can find and names each by its field path
 (``providers[2].rate_limit.per_s: expected `float` > 0``) so an operator fixes a
-file in one pass.
+file in one pass. Every section forbids unknown keys (a typo is an error, not
+a silently ignored setting) and is immutable once loaded.
 """
 
 from __future__ import annotations
@@ -47,11 +48,7 @@ PolicyName = Literal["balanced", "cheapest", "fastest", "priority", "weighted"]
 Scope = Literal["generate", "read", "admin"]
 
 
-class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Base of every config section: unknown keys are errors, values are immutable."""
-
-
-class ServerConfig(_Section):
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
@@ -59,21 +56,21 @@ class ServerConfig(_Section):
     shutdown_grace_s: NonNegative = 10.0
 
 
-class WeightsConfig(_Section):
+class WeightsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     health: NonNegative = 0.35
     latency: NonNegative = 0.25
     cost: NonNegative = 0.25
     load: NonNegative = 0.15
 
 
-class RetryBudgetConfig(_Section):
+class RetryBudgetConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     #: Extra attempts allowed per first attempt, over a sliding 10 s window.
     ratio: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.2
     #: Extra attempts always allowed per second, so low traffic can still fail over.
     min_per_s: NonNegative = 5.0
 
 
-class RoutingConfig(_Section):
+class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     strategy: PolicyName = "balanced"
     weights: WeightsConfig = WeightsConfig()
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
@@ -81,27 +78,29 @@ class RoutingConfig(_Section):
     default_timeout_s: Positive = 600.0
     #: Scores within this fraction of the best are near-ties, broken by two random choices.
     near_tie: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.02
+    #: How long a request waits for a busy half-open probe's verdict before a 503.
+    probe_wait_s: NonNegative = 2.0
 
 
-class AssetsConfig(_Section):
+class AssetsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     backend: Literal["local", "s3"] = "local"
     path: str = "./assets"
     bucket: str | None = None
     endpoint: str | None = None
 
 
-class StorageConfig(_Section):
+class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     database_url: str = "sqlite+aiosqlite:///./switchman.db"
     redis_url: str | None = None
     assets: AssetsConfig = AssetsConfig()
 
 
-class SecurityConfig(_Section):
+class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     encryption_keys: dict[str, str] = msgspec.field(default_factory=dict)
     callback_hosts: list[str] = msgspec.field(default_factory=list)
 
 
-class TenantConfig(_Section):
+class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     api_keys: list[Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]]
     scopes: list[Scope] = msgspec.field(default_factory=lambda: ["generate", "read"])
@@ -110,38 +109,38 @@ class TenantConfig(_Section):
     rate_limit_per_s: Positive | None = None
 
 
-class CostConfig(_Section):
+class CostConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     per_image_usd: NonNegative = 0.0
     per_video_s_usd: NonNegative = 0.0
 
 
-class RateLimitConfig(_Section):
+class RateLimitConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     requests: Positive = 10.0
     per_s: Positive = 1.0
     max_concurrency: PositiveInt | None = None
 
 
-class BreakerConfig(_Section):
+class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     fail_max: PositiveInt = 5
     reset_timeout_s: Positive = 30.0
     #: Concurrent trial calls a half-open breaker lets through.
     half_open_max_probes: PositiveInt = 1
 
 
-class TimeoutsConfig(_Section):
+class TimeoutsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     connect_s: Positive = 2.0
     request_s: Positive = 30.0
     job_s: Positive = 900.0
 
 
-class PollConfig(_Section):
+class PollConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     interval_s: Positive = 1.0
     max_interval_s: Positive = 10.0
     #: An accepted job with no progress for this long is failed over.
     stall_s: Positive = 300.0
 
 
-class CapabilitiesConfig(_Section):
+class CapabilitiesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_width: PositiveInt | None = None
     max_height: PositiveInt | None = None
     max_duration_s: Positive | None = None
@@ -149,7 +148,7 @@ class CapabilitiesConfig(_Section):
     max_n: PositiveInt | None = None
 
 
-class ProviderConfig(_Section):
+class ProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     adapter: AdapterName
     base_url: str
@@ -169,7 +168,7 @@ class ProviderConfig(_Section):
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class FaultsConfig(_Section):
+class FaultsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Fault injection for a sandbox emulator; see ``router.sandbox.faults``."""
 
     latency_s: NonNegative = 0.0
@@ -184,21 +183,21 @@ class FaultsConfig(_Section):
     outages: list[tuple[NonNegative, NonNegative]] = msgspec.field(default_factory=list)
 
 
-class SandboxProviderConfig(_Section):
+class SandboxProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str
     adapter: AdapterName = "openai"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     faults: FaultsConfig = FaultsConfig()
 
 
-class SandboxConfig(_Section):
+class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Emulators the service starts on loopback at boot (the default config's demo)."""
 
     host: str = "127.0.0.1"
     emulators: list[SandboxProviderConfig] = msgspec.field(default_factory=list)
 
 
-class Config(_Section):
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: ServerConfig = ServerConfig()
     routing: RoutingConfig = RoutingConfig()
     storage: StorageConfig = StorageConfig()
@@ -232,7 +231,9 @@ def _interpolate(value: Any, path: str, errors: list[str]) -> Any:
 
         return _ENV.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), errors) for k, v in value.items()}
+        return {
+            k: _interpolate(v, f"{path}.{k}" if path else str(k), errors) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_interpolate(v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
     return value
@@ -276,7 +277,11 @@ def parse_config(raw: Any) -> Config:
     ):
         if key in data:
             _section(data, key, typ, errors)
-    for key, typ in (("providers", ProviderConfig), ("tenants", TenantConfig)):
+    item_types: tuple[tuple[str, Any], ...] = (
+        ("providers", ProviderConfig),
+        ("tenants", TenantConfig),
+    )
+    for key, typ in item_types:
         items = data.get(key, [])
         if not isinstance(items, list):
             errors.append(f"{key}: expected an array")

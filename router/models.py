@@ -46,9 +46,9 @@ class GenerationRequest(msgspec.Struct, forbid_unknown_fields=True, omit_default
     kind: Kind
     prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
     negative_prompt: Annotated[str, msgspec.Meta(max_length=4000)] | None = None
-    aspect_ratio: Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$")] | None = (
-        None
-    )
+    aspect_ratio: (
+        Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$")] | None
+    ) = None
     width: Annotated[int, msgspec.Meta(ge=64, le=8192)] | None = None
     height: Annotated[int, msgspec.Meta(ge=64, le=8192)] | None = None
     duration_s: Annotated[float, msgspec.Meta(ge=1, le=120)] | None = None

@@ -1,0 +1,323 @@
+"""The HTTP API (DESIGN §3) on litestar.
+
+Handlers take the raw request and answer with pre-encoded bytes: msgspec does
+the decoding (which *is* validation, see :mod:`router.models`) and encoding, so
+the hot path pays for no framework serialization.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from time import perf_counter
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Litestar, Request, Response, get, post
+from litestar.enums import ScopeType
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.params import FromPath, FromQuery
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from opentelemetry.trace import SpanKind
+
+from metrics.tracing import extract_context
+from router.auth import Principal
+from router.errors import FieldError, NotFound, ValidationFailed
+from router.models import FINAL_STATUSES, GenerationRequest, Job, JobList
+from router.problems import field_errors_from_msgspec, handle_exception
+from router.request_checks import check_request
+from router.service import Service
+from router.store import JobRecord, to_api_job
+
+__all__ = ["RequestContextMiddleware", "asgi_app", "create_app"]
+
+_log = structlog.get_logger("switchman.api")
+_decode_request = msgspec.json.Decoder(GenerationRequest).decode
+_encode = msgspec.json.Encoder().encode
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_JSON = "application/json"
+#: The longest a caller may hold a request open with ``Prefer: wait``.
+_MAX_WAIT_S = 300.0
+
+
+def _service(request: Request[Any, Any, Any]) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _principal(request: Request[Any, Any, Any], scope: str) -> Principal:
+    service = _service(request)
+    assert service.auth is not None
+    principal = service.auth.authenticate(request.headers.get("authorization"))
+    principal.require(scope)
+    structlog.contextvars.bind_contextvars(tenant=principal.tenant)
+    return principal
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(content=_encode(body), status_code=status, media_type=_JSON, headers=headers)
+
+
+def _prefer_wait(value: str | None) -> float | None:
+    if not value:
+        return None
+    m = _PREFER_WAIT.search(value)
+    if m is None:
+        return None
+    return min(float(m.group(1)), _MAX_WAIT_S)
+
+
+def _request_timeout(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > 86_400:
+        raise ValidationFailed(
+            [FieldError("X-Request-Timeout", "expected seconds, a number in (0, 86400]")],
+            status=400,
+        )
+    return seconds
+
+
+def _job_response(job: JobRecord, status: int) -> Response[bytes]:
+    api_job: Job = to_api_job(job)
+    headers = {"Location": f"/v1/generations/{job.id}"}
+    if job.provider:
+        headers["X-Switchman-Provider"] = job.provider
+    headers["X-Switchman-Attempts"] = str(len(job.attempts))
+    return _json(api_job, status, headers)
+
+
+@post("/v1/generations", status_code=202, summary="Create a generation job")
+async def create_generation(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Route a generation to the best provider; ``Prefer: wait=N`` holds the response."""
+    principal = _principal(request, "generate")
+    body = await request.body()
+    try:
+        gen = _decode_request(body)
+    except msgspec.ValidationError as exc:  # well-formed JSON, wrong shape or range
+        raise ValidationFailed([field_errors_from_msgspec(exc)]) from None
+    except msgspec.DecodeError:
+        raise ValidationFailed([FieldError("body", "malformed JSON")], status=400) from None
+    service = _service(request)
+    check_request(gen, service.config)
+    headers = request.headers
+    timeout_s = _request_timeout(headers.get("x-request-timeout"))
+    wait_s = _prefer_wait(headers.get("prefer"))
+    assert service.engine is not None
+    trace = {k: v for k in ("traceparent", "tracestate") if (v := headers.get(k))}
+    job = await service.engine.submit(
+        principal.tenant, gen, timeout_s=timeout_s, trace_headers=trace
+    )
+    if wait_s:
+        await service.engine.wait(job.id, wait_s)
+    final = job.status in FINAL_STATUSES
+    response = _job_response(job, 200 if final else 202)
+    if final and wait_s:
+        response.headers["Preference-Applied"] = f"wait={wait_s:g}"
+    return response
+
+
+@get("/v1/generations/{job_id:str}", summary="Get a generation job")
+async def get_generation(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[bytes]:
+    """A job of the caller's tenant; another tenant's id is 404."""
+    principal = _principal(request, "read")
+    service = _service(request)
+    assert service.engine is not None
+    assert service.store is not None
+    live = service.engine.live_job(job_id)
+    if live is not None and live.tenant == principal.tenant:
+        return _job_response(live, 200)
+    job = await service.store.get_job(principal.tenant, job_id)
+    if job is None:
+        raise NotFound(f"no generation {job_id!r}")
+    return _job_response(job, 200)
+
+
+@get("/v1/generations", summary="List the tenant's generation jobs")
+async def list_generations(
+    request: Request[Any, Any, Any],
+    status: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 20,
+    cursor: FromQuery[str | None] = None,
+) -> Response[bytes]:
+    """Newest first, with an opaque cursor."""
+    principal = _principal(request, "read")
+    errors = []
+    if status is not None and status not in ("queued", "running", *FINAL_STATUSES):
+        errors.append(FieldError("status", "expected queued|running|succeeded|failed|canceled"))
+    if not 1 <= limit <= 100:
+        errors.append(FieldError("limit", "expected 1..100"))
+    if errors:
+        raise ValidationFailed(errors, status=400)
+    service = _service(request)
+    assert service.store is not None
+    try:
+        jobs, next_cursor = await service.store.list_jobs(
+            principal.tenant, status=status, limit=limit, cursor=cursor
+        )
+    except ValueError:
+        raise ValidationFailed([FieldError("cursor", "invalid cursor")], status=400) from None
+    return _json(JobList([to_api_job(j) for j in jobs], next_cursor))
+
+
+@get("/v1/providers", summary="Every provider's live state")
+async def list_providers(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Breaker, headroom, latency, success ratio, cost and score per provider."""
+    _principal(request, "read")
+    service = _service(request)
+    assert service.registry is not None
+    return _json({"providers": [rt.describe() for rt in service.registry]})
+
+
+@get("/v1/providers/{name:str}", summary="One provider's live state")
+async def get_provider(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
+    """One provider, as in the list."""
+    _principal(request, "read")
+    service = _service(request)
+    assert service.registry is not None
+    rt = service.registry.get(name)
+    if rt is None:
+        raise NotFound(f"no provider {name!r}")
+    return _json(rt.describe())
+
+
+@get("/healthz", summary="Liveness")
+async def healthz() -> Response[bytes]:
+    """The process is alive."""
+    return _json({"status": "ok"})
+
+
+@get("/readyz", summary="Readiness")
+async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Config loaded, store reachable, at least one provider routable."""
+    service = _service(request)
+    checks = service.readiness()
+    store_ok = service.store is not None and await service.store.ping()
+    checks["store"] = store_ok
+    ok = service.ready and store_ok and checks["routable_providers"] > 0
+    return _json({"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503)
+
+
+@get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The Prometheus exposition."""
+    service = _service(request)
+    service.refresh_gauges()
+    body, content_type = service.metrics.render()
+    return Response(content=body, media_type=content_type)
+
+
+class RequestContextMiddleware:
+    """Request id, server span and HTTP metrics for every request.
+
+    Pure ASGI (no framework middleware machinery) to keep the per-request cost low.
+    """
+
+    __slots__ = ("app", "service")
+
+    def __init__(self, app: ASGIApp, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        http: HTTPScope = scope
+        service = self.service
+        started = perf_counter()
+        request_id = None
+        traceparent = None
+        for key, value in http["headers"]:
+            if key == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+            elif key == b"traceparent":
+                traceparent = value.decode("latin-1")
+        if request_id is None:
+            request_id = "req_" + os.urandom(12).hex()
+        rid = request_id.encode("latin-1")
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+            await send(message)
+
+        tracer = service.tracer
+        assert tracer is not None
+        # Only parse a caller's trace context when there is one: most calls have none.
+        ctx = extract_context({"traceparent": traceparent}) if traceparent else None
+        method = http["method"]
+        with tracer.start_as_current_span(method, context=ctx, kind=SpanKind.SERVER) as span:
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                route = http.get("path_template") or "unmatched"
+                if span.is_recording():
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute("http.route", route)
+                    span.set_attribute("http.request.method", method)
+                    span.set_attribute("http.response.status_code", status)
+                service.metrics.observe_http(route, method, status, perf_counter() - started)
+
+
+def create_app(service: Service, *, manage_lifecycle: bool = True) -> Litestar:
+    """The litestar app for ``service``; it starts and stops the service with the app."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await service.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await service.stop(service.config.server.shutdown_grace_s)
+
+    app = Litestar(
+        route_handlers=[
+            create_generation,
+            get_generation,
+            list_generations,
+            list_providers,
+            get_provider,
+            healthz,
+            readyz,
+            metrics_endpoint,
+        ],
+        lifespan=[lifespan],
+        exception_handlers={Exception: handle_exception},
+        request_max_body_size=service.config.server.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Switchman",
+            version="1",
+            path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+        ),
+        debug=False,
+        logging_config=None,
+    )
+    app.state.service = service
+    return app
+
+
+def asgi_app(service: Service) -> ASGIApp:
+    """The whole service as one ASGI app: the request-context layer around litestar.
+
+    The layer sits outside litestar so that even unrouted requests carry an
+    ``X-Request-Id`` and are counted (as route ``unmatched``).
+    """
+    return RequestContextMiddleware(create_app(service), service)

@@ -1,0 +1,30 @@
+"""Where jobs and attempts are kept (DESIGN §6): SQLite by default, PostgreSQL for replicas."""
+
+from router.store.protocol import DuplicateIdempotencyKey, JobStore, StoreError
+from router.store.records import (
+    AttemptRecord,
+    JobRecord,
+    format_timestamp,
+    new_attempt_id,
+    new_job_id,
+    new_request_id,
+    to_api_job,
+)
+from router.store.sql import InvalidCursor, SqlJobStore, UnknownJob, open_store
+
+__all__ = [
+    "AttemptRecord",
+    "DuplicateIdempotencyKey",
+    "InvalidCursor",
+    "JobRecord",
+    "JobStore",
+    "SqlJobStore",
+    "StoreError",
+    "UnknownJob",
+    "format_timestamp",
+    "new_attempt_id",
+    "new_job_id",
+    "new_request_id",
+    "open_store",
+    "to_api_job",
+]

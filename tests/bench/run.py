@@ -1,0 +1,130 @@
+"""``make bench``: run every benchmark and write ``docs/BENCHMARKS.md``.
+
+Order: the ``rank()`` micro-benchmark (in process, no servers), then with a
+:class:`~tests.bench.overhead.Stack` up: the load generator's client cost,
+added latency at 50 and 200 req/s, saturation direct and through Switchman,
+and (if ``py-spy`` is installed and allowed to attach) a short profile of the
+Switchman worker. Every step is bounded in time; the whole run takes about
+four minutes and always stops the processes it started. ``--quick`` shortens
+every run for a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Final
+
+from tests.bench.overhead import Stack, measure_overhead, measure_saturation
+from tests.bench.rank_bench import run_all
+from tests.bench.report import BenchResults, Machine, utc_now, write_report
+
+__all__ = ["main", "profile_worker"]
+
+_ROOT: Final = Path(__file__).resolve().parents[2]
+SATURATION_RATES: Final = (100.0, 200.0, 400.0, 600.0, 800.0, 1000.0, 1500.0, 2000.0, 3000.0)
+OVERHEAD_RATES: Final = (50.0, 200.0)
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def profile_worker(
+    stack: Stack, rate: float, seconds: float, top: int = 15
+) -> list[tuple[str, float]]:
+    """Sample the Switchman worker with py-spy under load; top functions by own time.
+
+    Returns ``[]`` when py-spy is missing or may not attach (no ptrace rights).
+    """
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if stack.switchman_pid is None or not Path(spy).exists():
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "profile.txt"
+        cmd = [spy, "record", "--pid", str(stack.switchman_pid), "--duration", str(int(seconds))]
+        cmd += ["--format", "raw", "--output", str(out), "--rate", "250", "--nonblocking"]
+        load = threading.Thread(target=stack.load, args=("switchman", rate, seconds), daemon=True)
+        spy_proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        try:
+            time.sleep(0.5)  # let py-spy attach before the load starts
+            load.start()
+            spy_proc.wait(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            spy_proc.kill()
+            spy_proc.wait()
+        finally:
+            load.join(timeout=seconds + 30)
+        if spy_proc.returncode != 0 or not out.exists():
+            why = spy_proc.stderr.read().decode()[-300:] if spy_proc.stderr else ""
+            _log(f"py-spy failed: {why}")
+            return []
+        return _own_time(out.read_text(encoding="utf-8", errors="replace"), top)
+
+
+def _own_time(collapsed: str, top: int) -> list[tuple[str, float]]:
+    """Leaf-frame shares from py-spy's collapsed stacks (``a;b;c 12`` per line)."""
+    counts: Counter[str] = Counter()
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        # "func (path/to/file.py:123)" → "func (file.py)": aggregate over lines.
+        name, _, where = leaf.partition(" (")
+        file = where.rsplit(":", 1)[0].rsplit("/", 1)[-1] if where else ""
+        counts[f"{name} ({file})" if file else name] += int(count)
+    total = sum(counts.values()) or 1
+    return [(name, n / total) for name, n in counts.most_common(top)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks and write the report; returns 0 even if Switchman did not start."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    parser.add_argument("--docs", type=Path, default=_ROOT / "docs")
+    args = parser.parse_args(argv)
+    quick: bool = args.quick
+    run_s, runs, step_s = (1.0, 2, 1.5) if quick else (5.0, 5, 4.0)
+
+    results = BenchResults(machine=Machine.describe(), started_at=utc_now(), pinned=False)
+    _log("rank() micro-benchmark")
+    results.rank = run_all({10: 2000, 100: 400, 1000: 40} if quick else None)
+    with Stack(pin=not args.no_pin) as stack:
+        results.pinned = stack.pinned
+        results.switchman_error = stack.switchman_error
+        if stack.switchman_error:
+            _log(f"Switchman did not start; measuring direct only:\n{stack.switchman_error}")
+        _log("load-generator client cost")
+        for client in ("aiohttp", "httpx"):
+            results.clients[client] = stack.load("direct", 500.0, run_s / 2 + 1, client=client)
+        for rate in OVERHEAD_RATES:
+            _log(f"added latency at {rate:g} req/s")
+            results.overhead.append(measure_overhead(stack, rate, runs=runs, run_s=run_s))
+        for side in stack.sides():
+            _log(f"saturation, {side}")
+            results.saturation.append(
+                measure_saturation(stack, side, SATURATION_RATES, step_s=step_s)
+            )
+        if "switchman" in stack.sides() and not args.no_profile:
+            _log("profiling the Switchman worker")
+            results.hot_spots = profile_worker(stack, 200.0, 3.0 if quick else 6.0)
+    results.finished_at = utc_now()
+    path = write_report(results, args.docs)
+    _log(f"wrote {path.relative_to(_ROOT) if path.is_relative_to(_ROOT) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
