@@ -26,7 +26,8 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from opentelemetry.trace import SpanKind
 
 from metrics.tracing import extract_context
-from router.auth import Principal
+from router import api_admin, api_webhooks
+from router.api_common import json_response, principal_of, service_of
 from router.errors import FieldError, NotFound, ValidationFailed
 from router.models import FINAL_STATUSES, GenerationRequest, Job, JobList
 from router.problems import field_errors_from_msgspec, handle_exception
@@ -38,29 +39,9 @@ __all__ = ["RequestContextMiddleware", "asgi_app", "create_app"]
 
 _log = structlog.get_logger("switchman.api")
 _decode_request = msgspec.json.Decoder(GenerationRequest).decode
-_encode = msgspec.json.Encoder().encode
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
-_JSON = "application/json"
 #: The longest a caller may hold a request open with ``Prefer: wait``.
 _MAX_WAIT_S = 300.0
-
-
-def _service(request: Request[Any, Any, Any]) -> Service:
-    service: Service = request.app.state.service
-    return service
-
-
-def _principal(request: Request[Any, Any, Any], scope: str) -> Principal:
-    service = _service(request)
-    assert service.auth is not None
-    principal = service.auth.authenticate(request.headers.get("authorization"))
-    principal.require(scope)
-    structlog.contextvars.bind_contextvars(tenant=principal.tenant)
-    return principal
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
-    return Response(content=_encode(body), status_code=status, media_type=_JSON, headers=headers)
 
 
 def _prefer_wait(value: str | None) -> float | None:
@@ -93,13 +74,13 @@ def _job_response(job: JobRecord, status: int) -> Response[bytes]:
     if job.provider:
         headers["X-Switchman-Provider"] = job.provider
     headers["X-Switchman-Attempts"] = str(len(job.attempts))
-    return _json(api_job, status, headers)
+    return json_response(api_job, status, headers)
 
 
 @post("/v1/generations", status_code=202, summary="Create a generation job")
 async def create_generation(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Route a generation to the best provider; ``Prefer: wait=N`` holds the response."""
-    principal = _principal(request, "generate")
+    principal = principal_of(request, "generate")
     body = await request.body()
     try:
         gen = _decode_request(body)
@@ -107,7 +88,7 @@ async def create_generation(request: Request[Any, Any, Any]) -> Response[bytes]:
         raise ValidationFailed([field_errors_from_msgspec(exc)]) from None
     except msgspec.DecodeError:
         raise ValidationFailed([FieldError("body", "malformed JSON")], status=400) from None
-    service = _service(request)
+    service = service_of(request)
     check_request(gen, service.config)
     headers = request.headers
     timeout_s = _request_timeout(headers.get("x-request-timeout"))
@@ -129,8 +110,8 @@ async def create_generation(request: Request[Any, Any, Any]) -> Response[bytes]:
 @get("/v1/generations/{job_id:str}", summary="Get a generation job")
 async def get_generation(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[bytes]:
     """A job of the caller's tenant; another tenant's id is 404."""
-    principal = _principal(request, "read")
-    service = _service(request)
+    principal = principal_of(request, "read")
+    service = service_of(request)
     assert service.engine is not None
     assert service.store is not None
     live = service.engine.live_job(job_id)
@@ -150,7 +131,7 @@ async def list_generations(
     cursor: FromQuery[str | None] = None,
 ) -> Response[bytes]:
     """Newest first, with an opaque cursor."""
-    principal = _principal(request, "read")
+    principal = principal_of(request, "read")
     errors = []
     if status is not None and status not in ("queued", "running", *FINAL_STATUSES):
         errors.append(FieldError("status", "expected queued|running|succeeded|failed|canceled"))
@@ -158,7 +139,7 @@ async def list_generations(
         errors.append(FieldError("limit", "expected 1..100"))
     if errors:
         raise ValidationFailed(errors, status=400)
-    service = _service(request)
+    service = service_of(request)
     assert service.store is not None
     try:
         jobs, next_cursor = await service.store.list_jobs(
@@ -166,51 +147,53 @@ async def list_generations(
         )
     except ValueError:
         raise ValidationFailed([FieldError("cursor", "invalid cursor")], status=400) from None
-    return _json(JobList([to_api_job(j) for j in jobs], next_cursor))
+    return json_response(JobList([to_api_job(j) for j in jobs], next_cursor))
 
 
 @get("/v1/providers", summary="Every provider's live state")
 async def list_providers(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Breaker, headroom, latency, success ratio, cost and score per provider."""
-    _principal(request, "read")
-    service = _service(request)
+    principal_of(request, "read")
+    service = service_of(request)
     assert service.registry is not None
-    return _json({"providers": [rt.describe() for rt in service.registry]})
+    return json_response({"providers": [rt.describe() for rt in service.registry]})
 
 
 @get("/v1/providers/{name:str}", summary="One provider's live state")
 async def get_provider(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
     """One provider, as in the list."""
-    _principal(request, "read")
-    service = _service(request)
+    principal_of(request, "read")
+    service = service_of(request)
     assert service.registry is not None
     rt = service.registry.get(name)
     if rt is None:
         raise NotFound(f"no provider {name!r}")
-    return _json(rt.describe())
+    return json_response(rt.describe())
 
 
 @get("/healthz", summary="Liveness")
 async def healthz() -> Response[bytes]:
     """The process is alive."""
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @get("/readyz", summary="Readiness")
 async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Config loaded, store reachable, at least one provider routable."""
-    service = _service(request)
+    service = service_of(request)
     checks = service.readiness()
     store_ok = service.store is not None and await service.store.ping()
     checks["store"] = store_ok
     ok = service.ready and store_ok and checks["routable_providers"] > 0
-    return _json({"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503)
+    return json_response(
+        {"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503
+    )
 
 
 @get("/metrics", summary="Prometheus metrics", include_in_schema=True)
 async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
     """The Prometheus exposition."""
-    service = _service(request)
+    service = service_of(request)
     service.refresh_gauges()
     body, content_type = service.metrics.render()
     return Response(content=body, media_type=content_type)
@@ -289,6 +272,8 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Litestar:
 
     app = Litestar(
         route_handlers=[
+            *api_admin.ROUTE_HANDLERS,
+            *api_webhooks.ROUTE_HANDLERS,
             create_generation,
             get_generation,
             list_generations,

@@ -352,3 +352,7 @@ class OpenAIAdapter:
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent | None:
         """OpenAI images send no webhooks."""
         return None
+
+
+#: The class :func:`router.adapters.registry.build_adapter` constructs for ``adapter: openai``.
+ADAPTER = OpenAIAdapter

@@ -1,39 +1,46 @@
 """Adapter construction: a provider's ``adapter`` name → its adapter class.
 
-Adding a provider means one module under ``router/adapters/`` and one line here.
+By convention the adapter named ``x`` lives in ``router/adapters/x.py`` and exposes
+its class as ``ADAPTER``, constructed as ``ADAPTER(config, clock=clock)``. Adding a
+provider is one new module; nothing here changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
+import importlib
+from typing import Final, get_args
 
 from breakers.clock import Clock
 from router.adapters.base import Adapter
-from router.adapters.openai import OpenAIAdapter
-from router.adapters.sim import SimAdapter
-from router.config import ProviderConfig
+from router.config import AdapterName, ProviderConfig
 from router.errors import ConfigError
 
-__all__ = ["ADAPTERS", "build_adapter"]
+__all__ = ["ADAPTER_NAMES", "adapter_class", "build_adapter"]
 
-AdapterFactory = Callable[[ProviderConfig, Clock | None], Adapter]
+ADAPTER_NAMES: Final[tuple[str, ...]] = get_args(AdapterName)
 
-#: Every adapter this build can construct, by ``ProviderConfig.adapter`` name.
-ADAPTERS: Final[dict[str, AdapterFactory]] = {
-    "openai": lambda config, clock: OpenAIAdapter(config, clock=clock),
-    "sim": lambda config, _clock: SimAdapter(config),
-}
+
+def adapter_class(name: str) -> type[Adapter] | None:
+    """The class of the adapter called ``name``, or ``None`` when this build lacks it."""
+    if name not in ADAPTER_NAMES:
+        return None
+    try:
+        module = importlib.import_module(f"router.adapters.{name}")
+    except ModuleNotFoundError:
+        return None
+    cls: type[Adapter] | None = getattr(module, "ADAPTER", None)
+    return cls
 
 
 def build_adapter(config: ProviderConfig, *, clock: Clock | None = None) -> Adapter:
     """The adapter for ``config``; :class:`ConfigError` when its adapter is not built in."""
-    factory = ADAPTERS.get(config.adapter)
-    if factory is None:
+    cls = adapter_class(config.adapter)
+    if cls is None:
+        available = [n for n in ADAPTER_NAMES if adapter_class(n) is not None]
         raise ConfigError(
             [
                 f"providers.{config.name}.adapter: adapter {config.adapter!r} is not "
-                f"implemented (available: {', '.join(sorted(ADAPTERS))})"
+                f"implemented (available: {', '.join(available)})"
             ]
         )
-    return factory(config, clock)
+    return cls(config, clock=clock)  # type: ignore[call-arg]

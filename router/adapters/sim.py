@@ -19,6 +19,7 @@ from typing import Annotated, Final
 import httpx
 import msgspec
 
+from breakers.clock import Clock
 from router.adapters.base import (
     AttemptContext,
     PollResult,
@@ -54,7 +55,7 @@ class SimOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class SimAdapter:
     """A provider that answers from memory; deterministic for a given seed and call order."""
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderConfig, *, clock: Clock | None = None) -> None:
         self.config = config
         try:
             self.options = msgspec.convert(config.options, SimOptions)
@@ -164,3 +165,7 @@ class SimAdapter:
         if status is None or status >= 500:
             return "upstream_unavailable"
         return _STATUS_KINDS.get(status, "invalid_request")
+
+
+#: The class :func:`router.adapters.registry.build_adapter` constructs for ``adapter: sim``.
+ADAPTER = SimAdapter

@@ -11,6 +11,8 @@ Tests, benchmarks and the demo config route to these on loopback::
 
 from __future__ import annotations
 
+import importlib
+
 from breakers.clock import Clock
 from router.config import FaultsConfig
 from router.sandbox.faults import Decision, FaultAction, FaultInjector
@@ -42,9 +44,17 @@ def build_emulator(
     clock: Clock | None = None,
     seed: int = 0,
 ) -> Emulator:
-    """A (not yet started) emulator of the provider behind adapter ``adapter_name``."""
-    if adapter_name == "openai":
-        return OpenAIEmulator(faults, api_key=api_key, clock=clock, seed=seed)
-    raise NotImplementedError(
-        f"no sandbox emulator for adapter {adapter_name!r} yet (available: 'openai')"
-    )
+    """A (not yet started) emulator of the provider behind adapter ``adapter_name``.
+
+    By convention the emulator of adapter ``x`` lives in ``router/sandbox/x.py`` and
+    exposes its class as ``EMULATOR``, constructed as
+    ``EMULATOR(faults, api_key=..., clock=..., seed=...)``.
+    """
+    try:
+        module = importlib.import_module(f"router.sandbox.{adapter_name}")
+    except ModuleNotFoundError:
+        module = None
+    cls: type[Emulator] | None = getattr(module, "EMULATOR", None)
+    if cls is None:
+        raise NotImplementedError(f"no sandbox emulator for adapter {adapter_name!r}")
+    return cls(faults, api_key=api_key, clock=clock, seed=seed)  # type: ignore[call-arg]

@@ -371,3 +371,7 @@ def _custom_size_ok(size: Any) -> bool:
         return False
     w, h = int(m.group(1)), int(m.group(2))
     return all(16 <= side <= 3840 and side % 16 == 0 for side in (w, h))
+
+
+#: The class :func:`router.sandbox.build_emulator` constructs for ``openai``.
+EMULATOR = OpenAIEmulator

@@ -71,6 +71,19 @@ class Machine:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A py-spy profile of the Switchman worker, as shares of all samples."""
+
+    samples: int
+    #: Functions by own time (the leaf frame), C-level time labelled in brackets.
+    own: list[tuple[str, float]]
+    #: Own time summed by top-level package (``sqlalchemy``, ``litestar``, …).
+    packages: list[tuple[str, float]]
+    #: Switchman's own functions by inclusive time (anywhere on the stack).
+    inclusive: list[tuple[str, float]]
+
+
 @dataclass(slots=True)
 class BenchResults:
     """Everything one ``make bench`` measured."""
@@ -84,8 +97,8 @@ class BenchResults:
     overhead: list[OverheadResult] = field(default_factory=list)
     saturation: list[SaturationResult] = field(default_factory=list)
     switchman_error: str | None = None
-    #: Top functions by own time in the Switchman worker (py-spy), if profiled.
-    hot_spots: list[tuple[str, float]] = field(default_factory=list)
+    #: Where the Switchman worker spends its time (py-spy), if profiled.
+    profile: Profile | None = None
     finished_at: datetime | None = None
 
 
@@ -246,22 +259,39 @@ def write_report(results: BenchResults, docs: Path) -> Path:
     lines += _overhead_section(results, plots)
     lines += _saturation_section(results, plots)
     lines += _clients_section(results.clients)
-    if results.hot_spots:
-        lines += [
-            "## Where the Switchman worker spends its time",
-            "",
-            f"py-spy, sampling the worker during a {TARGET_RATE:g} req/s run; own time "
-            "(not including callees) per function, top entries:",
-            "",
-            "| share of samples | function |",
-            "| ---: | --- |",
-        ]
-        lines += [f"| {share:.1%} | `{name}` |" for name, share in results.hot_spots]
-        lines.append("")
+    lines += _profile_section(results.profile)
     lines += _HOW_TO_READ
     path = docs / "BENCHMARKS.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _share_table(title: str, rows: Sequence[tuple[str, float]]) -> list[str]:
+    lines = [f"| share | {title} |", "| ---: | --- |"]
+    lines += [f"| {share:.1%} | `{name}` |" for name, share in rows]
+    return [*lines, ""]
+
+
+def _profile_section(profile: Profile | None) -> list[str]:
+    if profile is None:
+        return []
+    return [
+        "## Where the Switchman worker spends its time",
+        "",
+        f"py-spy sampling the worker (all threads) at 250 Hz during a {TARGET_RATE:g} req/s "
+        f"run, {profile.samples} samples. py-spy itself slows the worker, so this is "
+        "for proportions only. Brackets mark time outside Python code.",
+        "",
+        "Own time by package:",
+        "",
+        *_share_table("package", profile.packages),
+        "Own time by function:",
+        "",
+        *_share_table("function", profile.own),
+        "Switchman's functions, inclusive time (the function or anything it calls):",
+        "",
+        *_share_table("function", profile.inclusive),
+    ]
 
 
 def _summary(r: BenchResults) -> list[str]:

@@ -24,9 +24,9 @@ from typing import Final
 
 from tests.bench.overhead import Stack, measure_overhead, measure_saturation
 from tests.bench.rank_bench import run_all
-from tests.bench.report import BenchResults, Machine, utc_now, write_report
+from tests.bench.report import BenchResults, Machine, Profile, utc_now, write_report
 
-__all__ = ["main", "profile_worker"]
+__all__ = ["main", "profile_worker", "summarise_profile"]
 
 _ROOT: Final = Path(__file__).resolve().parents[2]
 SATURATION_RATES: Final = (100.0, 200.0, 400.0, 600.0, 800.0, 1000.0, 1500.0, 2000.0, 3000.0)
@@ -37,16 +37,14 @@ def _log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def profile_worker(
-    stack: Stack, rate: float, seconds: float, top: int = 15
-) -> list[tuple[str, float]]:
-    """Sample the Switchman worker with py-spy under load; top functions by own time.
+def profile_worker(stack: Stack, rate: float, seconds: float, top: int = 15) -> Profile | None:
+    """Sample the Switchman worker with py-spy under load; see :func:`summarise_profile`.
 
-    Returns ``[]`` when py-spy is missing or may not attach (no ptrace rights).
+    Returns ``None`` when py-spy is missing or may not attach (no ptrace rights).
     """
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if stack.switchman_pid is None or not Path(spy).exists():
-        return []
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "profile.txt"
         cmd = [spy, "record", "--pid", str(stack.switchman_pid), "--duration", str(int(seconds))]
@@ -67,24 +65,57 @@ def profile_worker(
         if spy_proc.returncode != 0 or not out.exists():
             why = spy_proc.stderr.read().decode()[-300:] if spy_proc.stderr else ""
             _log(f"py-spy failed: {why}")
-            return []
-        return _own_time(out.read_text(encoding="utf-8", errors="replace"), top)
+            return None
+        return summarise_profile(out.read_text(encoding="utf-8", errors="replace"), top)
 
 
-def _own_time(collapsed: str, top: int) -> list[tuple[str, float]]:
-    """Leaf-frame shares from py-spy's collapsed stacks (``a;b;c 12`` per line)."""
-    counts: Counter[str] = Counter()
+_PROJECT: Final = frozenset({"router", "strategies", "breakers", "metrics"})
+#: Leaves where the worker is not running Python: uvloop/httptools C code
+#: (socket I/O, parsing, polling) under the event loop, or an idle pool thread.
+_NATIVE_LEAVES: Final = {
+    "Runner.run": "(event loop in C: uvloop I/O, httptools parsing, or idle)",
+    "_worker": "(thread-pool worker waiting for work)",
+}
+
+
+def _frame(raw: str) -> tuple[str, str]:
+    """``"func (pkg/mod.py:12)"`` → ``("func (pkg/mod.py)", "pkg")``."""
+    name, _, where = raw.partition(" (")
+    path = where.rsplit(":", 1)[0]
+    package = path.split("/", 1)[0].removesuffix(".py") if "/" in path else path
+    return (f"{name} ({path})" if path else name), package
+
+
+def summarise_profile(collapsed: str, top: int = 15) -> Profile:
+    """Own time per function, own time per package, and inclusive time per project function.
+
+    ``collapsed`` is py-spy's raw format: one ``frame;frame;… count`` per line.
+    """
+    own: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
     for line in collapsed.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        leaf = stack.rsplit(";", 1)[-1]
-        # "func (path/to/file.py:123)" → "func (file.py)": aggregate over lines.
-        name, _, where = leaf.partition(" (")
-        file = where.rsplit(":", 1)[0].rsplit("/", 1)[-1] if where else ""
-        counts[f"{name} ({file})" if file else name] += int(count)
-    total = sum(counts.values()) or 1
-    return [(name, n / total) for name, n in counts.most_common(top)]
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack.split(";")]
+        leaf, package = frames[-1]
+        label = _NATIVE_LEAVES.get(leaf.split(" (")[0])
+        own[label or leaf] += n
+        packages[label or package] += n
+        # The CLI frames are on every stack; they say nothing.
+        for name in {n for n, pkg in frames if pkg in _PROJECT and "router/cli.py" not in n}:
+            inclusive[name] += n
+    total = total or 1
+    return Profile(
+        samples=total,
+        own=[(k, v / total) for k, v in own.most_common(top)],
+        packages=[(k, v / total) for k, v in packages.most_common(top)],
+        inclusive=[(k, v / total) for k, v in inclusive.most_common(top)],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "switchman" in stack.sides() and not args.no_profile:
             _log("profiling the Switchman worker")
-            results.hot_spots = profile_worker(stack, 200.0, 3.0 if quick else 6.0)
+            results.profile = profile_worker(stack, 200.0, 3.0 if quick else 6.0)
     results.finished_at = utc_now()
     path = write_report(results, args.docs)
     _log(f"wrote {path.relative_to(_ROOT) if path.is_relative_to(_ROOT) else path}")
