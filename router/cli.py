@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from router import cli_ops
 from router.config import Config, FaultsConfig, load_config
 from router.errors import ConfigError
 
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=0)
     sandbox.add_argument("--faults", default="none", help=f"one of {sorted(_FAULT_PROFILES)}")
     sandbox.set_defaults(func=cmd_sandbox)
+    cli_ops.register(sub)
     return parser
 
 

@@ -32,8 +32,8 @@ from opentelemetry.trace import Tracer
 from breakers import GuardRejected, RetryBudget
 from breakers.clock import Clock
 from metrics import Metrics
-from metrics.tracing import attempt_span
-from router.adapters.base import AttemptContext, PollResult, SubmitResult
+from metrics.tracing import attempt_span, inject_headers, record_outcome
+from router.adapters.base import AttemptContext, PollResult, SubmitResult, WebhookEvent
 from router.config import Config
 from router.errors import CALLER_KINDS, ErrorKind, NoProviderAvailable, UpstreamError
 from router.models import FINAL_STATUSES, GenerationRequest
@@ -63,6 +63,10 @@ class _Run:
     persisted: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     no_provider: NoProviderAvailable | None = None
+    #: A verified webhook's result for the attempt being polled, and the bell it rings.
+    pushed: PollResult | None = None
+    pushed_for: str | None = None
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: bool = False
     task: asyncio.Task[None] | None = None
 
@@ -337,7 +341,6 @@ class JobEngine:
             status="running",
             started_at=now,
         )
-        ctx = self._context(run, rt, attempt)
         started = self.clock.monotonic()
         kind: ErrorKind | None = None
         message = ""
@@ -346,6 +349,10 @@ class JobEngine:
         if seq > 1 and job.provider is not None:
             self.metrics.failover(job.provider, rt.name, self._last_kind(job))
         with attempt_span(self.tracer, rt.name, job.kind, seq) as span:
+            # The upstream sees this attempt's span as its parent (W3C traceparent).
+            trace_headers: dict[str, str] = {}
+            inject_headers(trace_headers)
+            ctx = self._context(run, rt, attempt, trace_headers)
             try:
                 async with rt.guard.attempt():
                     job.attempts.append(attempt)
@@ -372,9 +379,12 @@ class JobEngine:
                 kind, message = "timeout", "the attempt ran out of time"
             except httpx.HTTPError as exc:  # an adapter should map these; be safe
                 kind, message = "upstream_unavailable", type(exc).__name__
-            span.set_attribute("switchman.outcome", kind or "success")
-            if result is not None and result.upstream_id:
-                span.set_attribute("switchman.upstream_id", result.upstream_id)
+            record_outcome(
+                span,
+                kind or "success",
+                upstream_id=result.upstream_id if result is not None else None,
+                status_code=http_status,
+            )
         latency = self.clock.monotonic() - started
         if result is None:
             return await self._attempt_failed(run, rt, attempt, kind, message, http_status, latency)
@@ -481,11 +491,19 @@ class JobEngine:
                     None,
                     now - started,
                 )
-            await asyncio.sleep(min(interval * (0.8 + 0.4 * self.rng.random()), job_deadline - now))
+            delay = min(interval * (0.8 + 0.4 * self.rng.random()), job_deadline - now)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await run.wakeup.wait()  # a webhook or a cancel rings early
+            run.wakeup.clear()
             interval = min(interval * 1.5, poll.max_interval_s)
+            state: PollResult
             try:
-                async with asyncio.timeout(rt.config.timeouts.request_s):
-                    state: PollResult = await rt.adapter.poll(upstream_id, ctx)
+                if run.pushed is not None and run.pushed_for == attempt.id:
+                    state, run.pushed = run.pushed, None
+                else:
+                    async with asyncio.timeout(rt.config.timeouts.request_s):
+                        state = await rt.adapter.poll(upstream_id, ctx)
             except (UpstreamError, httpx.HTTPError, TimeoutError) as exc:
                 errors += 1
                 if errors >= _MAX_POLL_ERRORS:
@@ -561,7 +579,13 @@ class JobEngine:
 
     # ------------------------------------------------------------------ helpers
 
-    def _context(self, run: _Run, rt: ProviderRuntime, attempt: AttemptRecord) -> AttemptContext:
+    def _context(
+        self,
+        run: _Run,
+        rt: ProviderRuntime,
+        attempt: AttemptRecord,
+        trace_headers: Mapping[str, str],
+    ) -> AttemptContext:
         webhook = None
         if self.webhook_base_url:
             webhook = (
@@ -575,7 +599,7 @@ class JobEngine:
             deadline=run.deadline,
             api_key=rt.config.api_key,
             webhook_url=webhook,
-            trace_headers=run.trace_headers,
+            trace_headers=trace_headers,
         )
 
     @staticmethod
@@ -593,7 +617,25 @@ class JobEngine:
         if run is None:
             return False
         run.cancel_requested = True
+        run.wakeup.set()
         return True
+
+    def deliver_webhook(
+        self, provider: str, job_id: str | None, attempt_id: str | None, event: WebhookEvent
+    ) -> bool:
+        """Apply a verified webhook to the attempt it names; ``False`` when none matches here."""
+        run = self._runs.get(job_id) if job_id else None
+        if run is None:
+            return False
+        for attempt in reversed(run.job.attempts):
+            matches = attempt.id == attempt_id or (
+                attempt_id is None and attempt.upstream_id == event.upstream_id
+            )
+            if matches and attempt.provider == provider and attempt.status == "running":
+                run.pushed, run.pushed_for = event.result, attempt.id
+                run.wakeup.set()
+                return True
+        return False
 
     async def close(self, grace_s: float = 0.0) -> None:
         """Stop every job task; their jobs stay resumable in the store."""

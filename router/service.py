@@ -25,6 +25,7 @@ from router.auth import Authenticator
 from router.config import Config, ProviderConfig
 from router.engine import JobEngine
 from router.registry import ProviderRegistry
+from router.replay import ReplayGuard
 from router.sandbox import Emulator, build_emulator
 from router.store import JobStore, open_store
 from strategies import ProviderStrategy
@@ -52,6 +53,10 @@ class Service:
     client: httpx.AsyncClient | None = None
     emulators: dict[str, Emulator] = field(default_factory=dict)
     ready: bool = False
+    webhook_replay: ReplayGuard = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.webhook_replay = ReplayGuard(self.clock)
 
     async def start(self) -> None:
         """Start emulators, the store, the HTTP client, the registry and the engine."""
