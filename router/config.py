@@ -54,6 +54,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
     #: Seconds SIGTERM waits for in-flight HTTP responses.
     shutdown_grace_s: NonNegative = 10.0
+    #: How providers reach this service for webhooks (``https://switchman.example``);
+    #: ``None`` means no webhooks are requested and jobs are polled.
+    public_url: str | None = None
 
 
 class WeightsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -99,6 +99,7 @@ class Service:
             client=self.client,
             rng=self.rng,
             tracer=self.tracer,
+            webhook_base_url=config.server.public_url,
         )
         self.auth = Authenticator(config.tenants)
         self.ready = True

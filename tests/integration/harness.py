@@ -91,8 +91,13 @@ def make_config(
 
 
 @contextlib.asynccontextmanager
-async def serve(config: Config, **service_args: Any) -> AsyncIterator[Running]:
-    """Start Switchman on 127.0.0.1 (a free port) and yield a client for it."""
+async def serve(
+    config: Config, *, webhooks: bool = False, **service_args: Any
+) -> AsyncIterator[Running]:
+    """Start Switchman on 127.0.0.1 (a free port) and yield a client for it.
+
+    With ``webhooks=True`` providers are handed webhook URLs pointing at it.
+    """
     service = Service(config, **service_args)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -115,6 +120,9 @@ async def serve(config: Config, **service_args: Any) -> AsyncIterator[Running]:
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     url = f"http://127.0.0.1:{port}"
+    assert service.engine is not None
+    if webhooks:
+        service.engine.webhook_base_url = url  # the port is known only now
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(
         base_url=url,
