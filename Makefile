@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean sandbox
+.PHONY: run test lint typecheck unit bench clean sandbox system-deps
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,8 +29,18 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
+## system-deps: Debian packages some tests drive for real (promtool/Prometheus, Chromium)
+system-deps:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null \
+	    || ! command -v chromium >/dev/null; then \
+	  echo "installing Debian packages: prometheus chromium"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends prometheus chromium >/dev/null; \
+	fi
+
 ## test: lint, type-check and the whole suite
-test: lint typecheck unit
+test: system-deps lint typecheck unit
 
 ## bench: benchmarks (not part of `make test`); writes docs/BENCHMARKS.md
 bench: $(STAMP)

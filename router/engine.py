@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -117,6 +118,8 @@ class JobEngine:
         self.webhook_base_url = webhook_base_url
         self._runs: dict[str, _Run] = {}
         self._transition = asyncio.Event()
+        #: The latest failovers, newest last, for the on-call status page.
+        self.recent_failovers: deque[dict[str, object]] = deque(maxlen=50)
         self._inflight_by_kind: dict[str, int] = {"image": 0, "video": 0}
 
     # ------------------------------------------------------------------ admission
@@ -347,7 +350,11 @@ class JobEngine:
         http_status: int | None = None
         result: SubmitResult | None = None
         if seq > 1 and job.provider is not None:
-            self.metrics.failover(job.provider, rt.name, self._last_kind(job))
+            reason = self._last_kind(job)
+            self.metrics.failover(job.provider, rt.name, reason)
+            self.recent_failovers.append(
+                {"at": now, "job_id": job.id, "from": job.provider, "to": rt.name, "reason": reason}
+            )
         with attempt_span(self.tracer, rt.name, job.kind, seq) as span:
             # The upstream sees this attempt's span as its parent (W3C traceparent).
             trace_headers: dict[str, str] = {}
