@@ -20,15 +20,19 @@ import structlog
 from litestar import Litestar, Request, Response, get, post
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.params import FromPath, FromQuery
+from litestar.response import Stream
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from opentelemetry.trace import SpanKind
 
 from metrics.tracing import extract_context
-from router import api_admin, api_webhooks
+from router import api_admin, api_assets, api_credentials, api_usage, api_webhooks, tenants, ui
 from router.api_common import json_response, principal_of, service_of
-from router.errors import FieldError, NotFound, ValidationFailed
+from router.api_schema import SwitchmanSchemaPlugin
+from router.callbacks import check_callback_url
+from router.errors import Conflict, FieldError, NotFound, ValidationFailed
+from router.events import parse_last_event_id, stream_events
+from router.idempotency import Answer, fingerprint, validate_key
 from router.models import FINAL_STATUSES, GenerationRequest, Job, JobList
 from router.problems import field_errors_from_msgspec, handle_exception
 from router.request_checks import check_request
@@ -39,6 +43,21 @@ __all__ = ["RequestContextMiddleware", "asgi_app", "create_app"]
 
 _log = structlog.get_logger("switchman.api")
 _decode_request = msgspec.json.Decoder(GenerationRequest).decode
+_encode = msgspec.json.Encoder().encode
+_JSON = "application/json"
+
+
+class _Head(msgspec.Struct):
+    """The parts of a stored job answer its response headers need."""
+
+    id: str
+    provider: str | None = None
+    attempts: list[Any] = msgspec.field(default_factory=list)
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 #: The longest a caller may hold a request open with ``Prefer: wait``.
 _MAX_WAIT_S = 300.0
@@ -77,9 +96,30 @@ def _job_response(job: JobRecord, status: int) -> Response[bytes]:
     return json_response(api_job, status, headers)
 
 
+def _answer_response(answer: Answer, wait_s: float | None) -> Response[bytes]:
+    """The HTTP response of a (possibly replayed) create answer."""
+    head = _decode_head(answer.body)
+    headers = {"Location": f"/v1/generations/{head.id}"}
+    if head.provider:
+        headers["X-Switchman-Provider"] = head.provider
+    headers["X-Switchman-Attempts"] = str(len(head.attempts))
+    if answer.status == 200 and wait_s:
+        headers["Preference-Applied"] = f"wait={wait_s:g}"
+    if answer.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(
+        content=answer.body, status_code=answer.status, media_type=_JSON, headers=headers
+    )
+
+
 @post("/v1/generations", status_code=202, summary="Create a generation job")
 async def create_generation(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Route a generation to the best provider; ``Prefer: wait=N`` holds the response."""
+    """Route a generation to the best provider; ``Prefer: wait=N`` holds the response.
+
+    With an ``Idempotency-Key`` the first answer under the key is replayed for the
+    same body (422 for another body, 409 while the first is still being answered on
+    another replica; see :mod:`router.idempotency`).
+    """
     principal = principal_of(request, "generate")
     body = await request.body()
     try:
@@ -90,21 +130,40 @@ async def create_generation(request: Request[Any, Any, Any]) -> Response[bytes]:
         raise ValidationFailed([FieldError("body", "malformed JSON")], status=400) from None
     service = service_of(request)
     check_request(gen, service.config)
+    if gen.callback_url is not None:
+        check_callback_url(gen.callback_url, service.config.security)
+    await tenants.check_admission(service, principal.tenant, gen)  # rate limit, SSRF
     headers = request.headers
     timeout_s = _request_timeout(headers.get("x-request-timeout"))
     wait_s = _prefer_wait(headers.get("prefer"))
-    assert service.engine is not None
+    engine = service.engine
+    assert engine is not None
     trace = {k: v for k in ("traceparent", "tracestate") if (v := headers.get(k))}
-    job = await service.engine.submit(
-        principal.tenant, gen, timeout_s=timeout_s, trace_headers=trace
-    )
-    if wait_s:
-        await service.engine.wait(job.id, wait_s)
-    final = job.status in FINAL_STATUSES
-    response = _job_response(job, 200 if final else 202)
-    if final and wait_s:
-        response.headers["Preference-Applied"] = f"wait={wait_s:g}"
-    return response
+
+    async def create(key: str | None = None, fp: str | None = None) -> Answer:
+        async with tenants.admission(service, principal.tenant, gen) as created:
+            job = await engine.submit(
+                principal.tenant,
+                gen,
+                timeout_s=timeout_s,
+                trace_headers=trace,
+                idempotency_key=key,
+                fingerprint=fp,
+            )
+            created(job.id)
+        if wait_s:
+            await engine.wait(job.id, wait_s)
+        status = 200 if job.status in FINAL_STATUSES else 202
+        return Answer(status, _encode(to_api_job(job)), job.id)
+
+    key = headers.get("idempotency-key")
+    if key is None or service.idempotency is None:
+        answer = await create()
+    else:
+        answer = await service.idempotency.run(
+            principal.tenant, validate_key(key), fingerprint(body), create
+        )
+    return _answer_response(answer, wait_s)
 
 
 @get("/v1/generations/{job_id:str}", summary="Get a generation job")
@@ -148,6 +207,62 @@ async def list_generations(
     except ValueError:
         raise ValidationFailed([FieldError("cursor", "invalid cursor")], status=400) from None
     return json_response(JobList([to_api_job(j) for j in jobs], next_cursor))
+
+
+@post("/v1/generations/{job_id:str}/cancel", status_code=200, summary="Cancel a generation")
+async def cancel_generation(
+    request: Request[Any, Any, Any], job_id: FromPath[str]
+) -> Response[bytes]:
+    """Cancel upstream where the provider allows; the job ends ``canceled`` either way.
+
+    A job that is already final is not changed: 409 with the job's status.
+    """
+    principal = principal_of(request, "generate")
+    service = service_of(request)
+    assert service.engine is not None
+    assert service.store is not None
+    current = service.engine.live_job(job_id) or await service.store.get_job(
+        principal.tenant, job_id
+    )
+    if current is None or current.tenant != principal.tenant:
+        raise NotFound(f"no generation {job_id!r}")
+    if current.status in FINAL_STATUSES:
+        raise Conflict(f"generation {job_id!r} is already {current.status}")
+    job = await service.engine.cancel_job(principal.tenant, job_id)
+    if job is None:
+        raise NotFound(f"no generation {job_id!r}")
+    return _job_response(job, 200 if job.status in FINAL_STATUSES else 202)
+
+
+@get("/v1/generations/{job_id:str}/events", summary="A generation's events (SSE)")
+async def generation_events(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Stream:
+    """Server-Sent Events: ``status``, ``progress``, ``attempt``, ``output``, then ``final``.
+
+    Event ids count from 1 per job; reconnect with ``Last-Event-ID`` to get the rest.
+    The stream ends after the ``final`` event.
+    """
+    principal = principal_of(request, "read")
+    service = service_of(request)
+    assert service.engine is not None
+    assert service.store is not None
+    live = service.engine.live_job(job_id)
+    mine = live is not None and live.tenant == principal.tenant
+    if not mine and await service.store.get_job(principal.tenant, job_id) is None:
+        raise NotFound(f"no generation {job_id!r}")
+    after = parse_last_event_id(request.headers.get("last-event-id"))
+    events = stream_events(
+        service.store,
+        service.engine.events,
+        job_id,
+        after=after,
+        clock=service.clock,
+        stop=lambda: service.shutting_down,
+    )
+    return Stream(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 @get("/v1/providers", summary="Every provider's live state")
@@ -236,7 +351,11 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+                headers = [*message.get("headers", []), (b"x-request-id", rid), _NOSNIFF]
+                # API answers are per caller: no shared cache keeps them unless a route says so.
+                if not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append(_NO_STORE)
+                message["headers"] = headers
             await send(message)
 
         tracer = service.tracer
@@ -274,7 +393,13 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Litestar:
         route_handlers=[
             *api_admin.ROUTE_HANDLERS,
             *api_webhooks.ROUTE_HANDLERS,
+            *ui.ROUTE_HANDLERS,
+            *api_assets.ROUTE_HANDLERS,
+            *api_credentials.ROUTE_HANDLERS,
+            *api_usage.ROUTE_HANDLERS,
             create_generation,
+            cancel_generation,
+            generation_events,
             get_generation,
             list_generations,
             list_providers,
@@ -290,7 +415,7 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> Litestar:
             title="Switchman",
             version="1",
             path="/schema",
-            render_plugins=[JsonRenderPlugin()],
+            render_plugins=[SwitchmanSchemaPlugin()],
         ),
         debug=False,
         logging_config=None,

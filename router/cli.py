@@ -7,11 +7,12 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from router import cli_ops
+from router import cli_keys, cli_ops
 from router.config import Config, FaultsConfig, load_config
 from router.errors import ConfigError
 
@@ -42,22 +43,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _load_or_exit(_config_path(args.config))
     configure_logging(os.environ.get("SWITCHMAN_LOG_LEVEL", "INFO"))
-    service = Service(config)
+    service = Service(config, config_path=_config_path(args.config))
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    uvicorn.run(
-        asgi_app(service),
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,  # logging is ours (metrics.logging), not uvicorn's
-        log_level="warning",
-        timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None,
-        lifespan="on",
+
+    class _Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # End status-page streams first: uvicorn waits for open responses.
+            service.begin_shutdown()
+            await super().shutdown(sockets)
+
+    server = _Server(
+        uvicorn.Config(
+            asgi_app(service),
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_config=None,  # logging is ours (metrics.logging), not uvicorn's
+            log_level="warning",
+            timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None,
+            lifespan="on",
+        )
     )
-    return 0
+    server.run()
+    return 0 if server.started else 3  # 3: startup failed, as uvicorn.run reports it
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -123,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--faults", default="none", help=f"one of {sorted(_FAULT_PROFILES)}")
     sandbox.set_defaults(func=cmd_sandbox)
     cli_ops.register(sub)
+    cli_keys.register(sub)
     return parser
 
 

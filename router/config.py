@@ -57,6 +57,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     #: How providers reach this service for webhooks (``https://switchman.example``);
     #: ``None`` means no webhooks are requested and jobs are polled.
     public_url: str | None = None
+    #: Serve the on-call status page ``GET /ui`` (no auth; it shows what ``/metrics`` shows).
+    ui_enabled: bool = True
 
 
 class WeightsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -90,17 +92,37 @@ class AssetsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     path: str = "./assets"
     bucket: str | None = None
     endpoint: str | None = None
+    #: Download, check and keep outputs (``False``: pass provider URLs through as-is).
+    enabled: bool = True
+    #: Largest output Switchman downloads and keeps; a bigger one fails the attempt.
+    max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 200 * 1024 * 1024
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     database_url: str = "sqlite+aiosqlite:///./switchman.db"
     redis_url: str | None = None
+    #: Key prefix in Redis, so several deployments can share one Redis.
+    redis_prefix: str = "switchman:"
+    #: Replicas expected to share the Redis state: while Redis is unreachable each one
+    #: allows ``rate_limit.requests / replicas_hint`` (its share of every provider's limit).
+    replicas_hint: PositiveInt = 1
     assets: AssetsConfig = AssetsConfig()
+    #: How long an ``Idempotency-Key`` and its first answer are kept (Stripe: 24 h).
+    idempotency_retention_s: Positive = 86_400.0
 
 
 class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     encryption_keys: dict[str, str] = msgspec.field(default_factory=dict)
     callback_hosts: list[str] = msgspec.field(default_factory=list)
+    #: Standard Webhooks secret (``whsec_<base64>``) that signs caller callbacks;
+    #: without it a request with a ``callback_url`` is refused.
+    callback_secret: str | None = None
+    #: Deliveries of one callback before giving up, and the first backoff (doubles, jittered).
+    callback_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 8
+    callback_backoff_s: Positive = 1.0
+    #: Hosts (``fnmatch`` globs) an ``input_image_url`` may name even when they resolve
+    #: to private addresses or use http (see ``router.ssrf``); others must be public https.
+    input_image_hosts: list[str] = msgspec.field(default_factory=list)
 
 
 class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -13,6 +13,26 @@ final state under ``Prefer: wait``).
                         │                                         └─▶ next candidate
                         ├─ caller's fault ───────────────────────────▶ fail job
                         └─ retryable ────────────────────────────────▶ next candidate
+
+Every change is written with the events it produces (``router.events``) in one store
+transaction, so the SSE stream is a replay of the store. A successful attempt's
+outputs are downloaded and kept (``router.assets``) before the job succeeds; an output
+that cannot be kept fails the attempt like a bad upstream answer. A failed or stalled
+accepted upstream job is canceled upstream (the orphan) before the next candidate.
+
+Restart (:meth:`JobEngine.resume`) re-drives every non-final job from the store:
+
+- an attempt with an upstream id is polled again, never resubmitted;
+- an attempt written ``running`` without an upstream id (the process died during its
+  submit, outcome unknown) is *reconciled*: the adapter's optional
+  ``async find_submission(ctx) -> str | None`` looks the submission up by the
+  attempt's ids (``None``: the provider never got it); otherwise, when the adapter
+  says ``sends_webhooks = True`` and was given a webhook URL (which names the job and
+  attempt), the engine waits up to ``poll.stall_s`` for that webhook; otherwise the
+  attempt fails with ``upstream_unavailable`` "submission outcome unknown" and the job
+  fails over. Should the provider have accepted it after all, its webhook later reveals
+  the duplicate: the engine records it on the attempt and the job
+  (``duplicate_submissions``) and cancels it upstream.
 """
 
 from __future__ import annotations
@@ -21,9 +41,9 @@ import asyncio
 import contextlib
 import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import httpx
 import msgspec
@@ -35,18 +55,37 @@ from breakers.clock import Clock
 from metrics import Metrics
 from metrics.tracing import attempt_span, inject_headers, record_outcome
 from router.adapters.base import AttemptContext, PollResult, SubmitResult, WebhookEvent
+from router.assets import AssetRejected, AssetStore
+from router.callbacks import CallbackSender, message_id
 from router.config import Config
 from router.errors import CALLER_KINDS, ErrorKind, NoProviderAvailable, UpstreamError
-from router.models import FINAL_STATUSES, GenerationRequest
+from router.events import FINAL_EVENT, EventHub, make_event
+from router.models import FINAL_STATUSES, GenerationRequest, Output
 from router.registry import ProviderRegistry, ProviderRuntime
-from router.store import AttemptRecord, JobRecord, JobStore, new_attempt_id, new_job_id
+from router.store import (
+    AttemptRecord,
+    DuplicateIdempotencyKey,
+    EventRecord,
+    JobRecord,
+    JobStore,
+    new_attempt_id,
+    new_job_id,
+    to_api_attempt,
+    to_api_job,
+)
 from strategies import ProviderStrategy
 from strategies.snapshot import Ranking, RouteRequest, ScoredCandidate
+
+if TYPE_CHECKING:
+    from router.tenants import EngineHooks
 
 __all__ = ["JobEngine"]
 
 _log = structlog.get_logger("switchman.engine")
 _encode = msgspec.json.encode
+_decode_request = msgspec.json.Decoder(GenerationRequest).decode
+#: Why an attempt written before a crash is given up on (DESIGN §6, reconciliation).
+OUTCOME_UNKNOWN: Final = "submission outcome unknown"
 #: An attempt is not started with less time than this left before the deadline.
 _MIN_ATTEMPT_S: Final = 0.005
 #: Consecutive failed polls before an accepted upstream job is given up on.
@@ -64,12 +103,18 @@ class _Run:
     persisted: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     no_provider: NoProviderAvailable | None = None
+    #: Another replica created a job under the same idempotency key first.
+    key_taken: DuplicateIdempotencyKey | None = None
     #: A verified webhook's result for the attempt being polled, and the bell it rings.
     pushed: PollResult | None = None
     pushed_for: str | None = None
+    pushed_upstream_id: str | None = None
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: bool = False
     task: asyncio.Task[None] | None = None
+    #: The last event number written, and events waiting for the next write.
+    event_seq: int = 0
+    events: list[EventRecord] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -90,6 +135,9 @@ def _only_busy_probes(ranking: Ranking) -> bool:
 class JobEngine:
     """Runs generation jobs across providers."""
 
+    #: Tenant keys and usage settlement (``router.tenants``), set by the service.
+    tenancy: EngineHooks | None = None
+
     def __init__(
         self,
         *,
@@ -104,6 +152,9 @@ class JobEngine:
         rng: random.Random | None = None,
         tracer: Tracer,
         webhook_base_url: str | None = None,
+        assets: AssetStore | None = None,
+        callbacks: CallbackSender | None = None,
+        events: EventHub | None = None,
     ) -> None:
         self.tracer = tracer
         self.config = config
@@ -116,7 +167,14 @@ class JobEngine:
         self.client = client
         self.rng = rng or random.Random()
         self.webhook_base_url = webhook_base_url
+        self.assets = assets
+        self.callbacks = callbacks
+        self.events = events or EventHub()
         self._runs: dict[str, _Run] = {}
+        #: Callback deliveries and late-webhook handling, kept so they are not collected.
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._draining = asyncio.Event()
         self._transition = asyncio.Event()
         #: The latest failovers, newest last, for the on-call status page.
         self.recent_failovers: deque[dict[str, object]] = deque(maxlen=50)
@@ -162,8 +220,15 @@ class JobEngine:
         *,
         timeout_s: float | None = None,
         trace_headers: Mapping[str, str] | None = None,
+        job_id: str | None = None,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> JobRecord:
         """Admit a job: start its task and return once it is durably written.
+
+        ``idempotency_key`` and ``fingerprint`` are written on the job row, whose unique
+        ``(tenant, key)`` index makes a concurrent creation on another replica fail with
+        :class:`~router.store.DuplicateIdempotencyKey` (raised here, nothing submitted).
 
         Raises :class:`NoProviderAvailable` (nothing written) when no provider
         can take the request right now.
@@ -172,7 +237,9 @@ class JobEngine:
         budget = min(budget, self.config.routing.default_timeout_s)
         now = self.clock.time()
         job = JobRecord(
-            id=new_job_id(),
+            id=job_id or new_job_id(),
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
             tenant=tenant,
             kind=request.kind,
             status="queued",
@@ -198,19 +265,33 @@ class JobEngine:
             persisted.cancel()
         if run.no_provider is not None:
             raise run.no_provider
+        if run.key_taken is not None:
+            raise run.key_taken
         if not run.persisted.is_set():
             # The task died before writing anything: surface its error.
             await run.task
         return job
 
     async def wait(self, job_id: str, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` for an in-flight job to reach a final state."""
+        """Wait up to ``timeout_s`` for an in-flight job to reach a final state.
+
+        Returns early when the service begins shutting down (:meth:`release_waiters`),
+        so ``Prefer: wait`` responses finish within the shutdown grace period.
+        """
         run = self._runs.get(job_id)
-        if run is None or timeout_s <= 0:
+        if run is None or timeout_s <= 0 or self._draining.is_set():
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await run.done.wait()
+        done = asyncio.ensure_future(run.done.wait())
+        draining = asyncio.ensure_future(self._draining.wait())
+        try:
+            await asyncio.wait({done, draining}, timeout=timeout_s, return_when="FIRST_COMPLETED")
+        finally:
+            done.cancel()
+            draining.cancel()
+
+    def release_waiters(self) -> None:
+        """Answer every ``Prefer: wait`` request now (graceful shutdown has begun)."""
+        self._draining.set()
 
     def live_job(self, job_id: str) -> JobRecord | None:
         """The in-memory record of an in-flight job (fresher than the store's)."""
@@ -219,17 +300,22 @@ class JobEngine:
 
     # ------------------------------------------------------------------ the loop
 
-    async def _run_job(self, run: _Run) -> None:
+    async def _run_job(self, run: _Run, *, resumed: bool = False) -> None:
         job = run.job
         kind = job.kind
         self._inflight_by_kind[kind] = self._inflight_by_kind.get(kind, 0) + 1
         self.metrics.set_jobs_inflight(kind, self._inflight_by_kind[kind])
         structlog.contextvars.bind_contextvars(job_id=job.id, tenant=job.tenant)
         try:
-            await self._attempt_chain(run)
+            if resumed:
+                await self._resume_chain(run)
+            else:
+                await self._attempt_chain(run)
         except asyncio.CancelledError:
             # Shutdown: the job stays non-final in the store and is resumed on start.
             raise
+        except DuplicateIdempotencyKey as exc:
+            run.key_taken = exc  # nothing was written or submitted: the caller answers
         except Exception as exc:  # a bug must not leave a job hanging forever
             _log.exception("job.crashed", error=type(exc).__name__)
             if run.persisted.is_set() and job.status not in FINAL_STATUSES:
@@ -241,21 +327,34 @@ class JobEngine:
             run.done.set()
             self._runs.pop(job.id, None)
 
-    async def _attempt_chain(self, run: _Run) -> None:
+    async def _attempt_chain(self, run: _Run, last: _Outcome | None = None) -> None:
+        """Try candidates in rank order until one finishes the job.
+
+        A resumed job continues its chain: its earlier attempts count towards
+        ``max_attempts`` and providers that already failed it are not tried again.
+        """
+        job = run.job
+        done_before = len(job.attempts)
+        failed_providers = {a.provider for a in job.attempts if a.status != "running"}
         remaining = run.deadline - self.clock.monotonic()
         ranking = self.rank(run.request, remaining)
         if not ranking.candidates and _only_busy_probes(ranking):
             ranking = await self._await_probes(run)
         if not ranking.candidates:
-            run.no_provider = self._no_provider(ranking)
+            if run.persisted.is_set():
+                await self._finish(run, "failed", "no_provider", self._no_provider(ranking).detail)
+            else:
+                run.no_provider = self._no_provider(ranking)
             return
         max_attempts = self.config.routing.max_attempts
-        self.retry_budget.record_request()
-        last: _Outcome | None = None
-        started = 0
+        if done_before == 0:
+            self.retry_budget.record_request()
+        started = done_before
         for cand in ranking.candidates:
-            if started >= max_attempts or run.cancel_requested:
+            if started >= max_attempts or run.cancel_requested or self._closing:
                 break
+            if cand.name in failed_providers:
+                continue
             remaining = run.deadline - self.clock.monotonic()
             if remaining < _MIN_ATTEMPT_S:
                 last = _Outcome("deadline_exceeded", "the job's deadline passed")
@@ -280,6 +379,8 @@ class JobEngine:
             if outcome.kind in CALLER_KINDS:
                 await self._finish(run, "failed", outcome.kind, outcome.message)
                 return
+        if self._closing and not run.cancel_requested:
+            raise asyncio.CancelledError  # shutting down: leave the job to be resumed
         if not run.persisted.is_set():
             # Every candidate refused us at the guard: nothing was attempted.
             run.no_provider = self._no_provider(ranking)
@@ -355,6 +456,7 @@ class JobEngine:
             self.recent_failovers.append(
                 {"at": now, "job_id": job.id, "from": job.provider, "to": rt.name, "reason": reason}
             )
+            _log.info("job.failed_over", provider=rt.name, previous=job.provider, reason=reason)
         with attempt_span(self.tracer, rt.name, job.kind, seq) as span:
             # The upstream sees this attempt's span as its parent (W3C traceparent).
             trace_headers: dict[str, str] = {}
@@ -363,14 +465,13 @@ class JobEngine:
             try:
                 async with rt.guard.attempt():
                     job.attempts.append(attempt)
-                    job.status = "running"
+                    if job.status != "running":
+                        job.status = "running"
+                        self._emit(run, "status", {"status": "running"})
                     job.provider = rt.name
                     job.updated_at = now
-                    if not run.persisted.is_set():
-                        await self.store.create_job(job)
-                        run.persisted.set()
-                    else:
-                        await self.store.save(job, attempt)
+                    self._emit_attempt(run, attempt)
+                    await self._write(run, attempt)
                     budget = min(
                         run.deadline - self.clock.monotonic(), rt.config.timeouts.request_s
                     )
@@ -399,18 +500,9 @@ class JobEngine:
             rt.guard.observe_rate_limit(result.rate_limit)
         attempt.upstream_id = result.upstream_id
         if result.status == "succeeded":
-            rt.stats.record(job.kind, True, latency)
-            self.metrics.observe_attempt(rt.name, job.kind, "success", latency)
-            attempt.status = "succeeded"
-            attempt.ended_at = self.clock.time()
-            attempt.latency_s = latency
-            attempt.cost_usd = result.cost_usd
-            job.outputs = list(result.outputs)
-            job.cost_usd += result.cost_usd
-            job.progress = 100
-            self.metrics.add_cost(rt.name, job.kind, result.cost_usd)
-            await self._finish(run, "succeeded", None, None, attempt)
-            return _Outcome(final=True)
+            return await self._attempt_succeeded(
+                run, rt, attempt, result.outputs, result.cost_usd, started
+            )
         if result.status in ("failed", "canceled"):
             return await self._attempt_failed(
                 run,
@@ -422,15 +514,77 @@ class JobEngine:
                 latency,
             )
         # Accepted by an asynchronous provider: poll it to the end.
-        if result.progress is not None:
+        if result.progress is not None and result.progress != job.progress:
             job.progress = result.progress
-        await self.store.save(job, attempt)
+            self._emit(run, "progress", {"progress": job.progress})
+        self._emit_attempt(run, attempt)
+        await self._write(run, attempt)
         return await self._poll_until_final(run, rt, attempt, ctx, result.poll_after_s, started)
+
+    async def _attempt_succeeded(
+        self,
+        run: _Run,
+        rt: ProviderRuntime,
+        attempt: AttemptRecord,
+        outputs: tuple[Output, ...],
+        cost_usd: float,
+        started: float,
+    ) -> _Outcome:
+        """Keep the outputs, then finish the job; an output that cannot be kept fails over."""
+        job = run.job
+        kept = list(outputs)
+        if self.assets is not None:
+            try:
+                left = max(run.deadline - self.clock.monotonic(), _MIN_ATTEMPT_S)
+                async with asyncio.timeout(left):
+                    # An adapter whose file URLs need its credential says so (Gemini).
+                    hook = getattr(rt.adapter, "output_headers", None)
+                    kept = await self.assets.ingest(
+                        job.tenant,
+                        job.id,
+                        job.kind,
+                        kept,
+                        headers_for=(lambda url: hook(url, rt.config.api_key)) if hook else None,
+                    )
+            except AssetRejected as exc:
+                latency = self.clock.monotonic() - started
+                return await self._attempt_failed(
+                    run, rt, attempt, exc.kind, exc.message, None, latency
+                )
+            except TimeoutError:
+                latency = self.clock.monotonic() - started
+                return await self._attempt_failed(
+                    run,
+                    rt,
+                    attempt,
+                    "timeout",
+                    "downloading the outputs ran out of time",
+                    None,
+                    latency,
+                )
+        latency = self.clock.monotonic() - started
+        rt.stats.record(job.kind, True, latency)
+        self.metrics.observe_attempt(rt.name, job.kind, "success", latency)
+        attempt.status = "succeeded"
+        attempt.ended_at = self.clock.time()
+        attempt.latency_s = latency
+        attempt.cost_usd = cost_usd
+        job.outputs = kept
+        job.cost_usd += cost_usd
+        if job.progress != 100:
+            job.progress = 100
+            self._emit(run, "progress", {"progress": 100})
+        self.metrics.add_cost(rt.name, job.kind, cost_usd)
+        self._emit_attempt(run, attempt)
+        for output in kept:
+            self._emit(run, "output", output)
+        await self._finish(run, "succeeded", None, None, attempt)
+        return _Outcome(final=True)
 
     async def _attempt_failed(
         self,
         run: _Run,
-        rt: ProviderRuntime,
+        rt: ProviderRuntime | None,
         attempt: AttemptRecord,
         kind: ErrorKind | None,
         message: str,
@@ -439,9 +593,12 @@ class JobEngine:
     ) -> _Outcome:
         job = run.job
         kind = kind or "upstream_unavailable"
-        if kind not in CALLER_KINDS and kind != "rate_limited":
-            rt.stats.record(job.kind, False, None)
-        self.metrics.observe_attempt(rt.name, job.kind, kind, latency)
+        if kind == "auth" and self.tenancy is not None:
+            await self.tenancy.auth_rejected(job.tenant, attempt.provider)
+        if rt is not None:
+            if kind not in CALLER_KINDS and kind != "rate_limited":
+                rt.stats.record(job.kind, False, None)
+            self.metrics.observe_attempt(rt.name, job.kind, kind, latency)
         attempt.status = "failed"
         attempt.error_kind = kind
         attempt.error_message = message[:500]
@@ -451,14 +608,28 @@ class JobEngine:
         job.updated_at = attempt.ended_at
         _log.info(
             "attempt.failed",
-            provider=rt.name,
+            provider=attempt.provider,
             attempt=attempt.seq,
             outcome=kind,
             status=http_status,
         )
         if attempt in job.attempts:
-            await self.store.save(job, attempt)
+            self._emit_attempt(run, attempt)
+            await self._write(run, attempt)
         return _Outcome(kind, message)
+
+    async def _cancel_orphan(
+        self, rt: ProviderRuntime, upstream_id: str | None, ctx: AttemptContext
+    ) -> bool:
+        """Cancel an upstream job Switchman gives up on, so it stops costing money."""
+        if not upstream_id:
+            return False
+        canceled = False
+        with contextlib.suppress(UpstreamError, httpx.HTTPError, TimeoutError):
+            async with asyncio.timeout(rt.config.timeouts.request_s):
+                canceled = await rt.adapter.cancel(upstream_id, ctx)
+        _log.info("attempt.orphan_canceled", provider=rt.name, canceled=canceled)
+        return canceled
 
     async def _poll_until_final(
         self,
@@ -479,16 +650,17 @@ class JobEngine:
         upstream_id = attempt.upstream_id or ""
         while True:
             if run.cancel_requested:
-                with contextlib.suppress(UpstreamError, httpx.HTTPError, TimeoutError):
-                    await rt.adapter.cancel(upstream_id, ctx)
+                await self._cancel_orphan(rt, upstream_id, ctx)
                 attempt.status = "canceled"
                 attempt.ended_at = self.clock.time()
+                self._emit_attempt(run, attempt)
                 await self._finish(run, "canceled", "canceled", "canceled by the caller", attempt)
                 return _Outcome(final=True)
+            if self._closing:
+                raise asyncio.CancelledError  # shutting down: the job is resumed on start
             now = self.clock.monotonic()
             if now >= job_deadline or now - last_progress_at > poll.stall_s:
-                with contextlib.suppress(UpstreamError, httpx.HTTPError, TimeoutError):
-                    await rt.adapter.cancel(upstream_id, ctx)
+                await self._cancel_orphan(rt, upstream_id, ctx)
                 return await self._attempt_failed(
                     run,
                     rt,
@@ -499,10 +671,14 @@ class JobEngine:
                     now - started,
                 )
             delay = min(interval * (0.8 + 0.4 * self.rng.random()), job_deadline - now)
+            if run.pushed is not None and run.pushed_for == attempt.id:
+                delay = 0.0
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await run.wakeup.wait()  # a webhook or a cancel rings early
             run.wakeup.clear()
+            if self._interrupted(run):
+                continue  # handled at the top of the loop
             interval = min(interval * 1.5, poll.max_interval_s)
             state: PollResult
             try:
@@ -515,6 +691,7 @@ class JobEngine:
                 errors += 1
                 if errors >= _MAX_POLL_ERRORS:
                     kind: ErrorKind = exc.kind if isinstance(exc, UpstreamError) else "timeout"
+                    await self._cancel_orphan(rt, upstream_id, ctx)
                     return await self._attempt_failed(
                         run,
                         rt,
@@ -530,25 +707,16 @@ class JobEngine:
                 job.progress = state.progress
                 last_progress_at = self.clock.monotonic()
                 job.updated_at = self.clock.time()
-                await self.store.save_job(job)
+                self._emit(run, "progress", {"progress": job.progress})
+                await self._write(run)
             if state.status in ("queued", "running"):
                 if state.poll_after_s is not None:
                     interval = state.poll_after_s
                 continue
-            latency = self.clock.monotonic() - started
             if state.status == "succeeded":
-                rt.stats.record(job.kind, True, latency)
-                self.metrics.observe_attempt(rt.name, job.kind, "success", latency)
-                attempt.status = "succeeded"
-                attempt.ended_at = self.clock.time()
-                attempt.latency_s = latency
-                attempt.cost_usd = state.cost_usd
-                job.outputs = list(state.outputs)
-                job.cost_usd += state.cost_usd
-                job.progress = 100
-                self.metrics.add_cost(rt.name, job.kind, state.cost_usd)
-                await self._finish(run, "succeeded", None, None, attempt)
-                return _Outcome(final=True)
+                return await self._attempt_succeeded(
+                    run, rt, attempt, state.outputs, state.cost_usd, started
+                )
             kind = state.error_kind or (
                 "canceled" if state.status == "canceled" else "upstream_unavailable"
             )
@@ -559,7 +727,7 @@ class JobEngine:
                 kind,
                 state.error_message or f"upstream {state.status}",
                 None,
-                latency,
+                self.clock.monotonic() - started,
             )
 
     async def _finish(
@@ -571,18 +739,191 @@ class JobEngine:
         attempt: AttemptRecord | None = None,
     ) -> None:
         job = run.job
+        if self.tenancy is not None:  # settle before the end is visible, so a slot is free
+            await self.tenancy.job_finished(job)
         now = self.clock.time()
         job.status = status
         job.error_code = code
         job.error_message = message
         job.updated_at = now
         job.completed_at = now
+        if job.callback_url and self.callbacks is not None and job.callback_state is None:
+            job.callback_state = "pending"
+        self._emit(run, "status", {"status": status})
+        self._emit(run, FINAL_EVENT, to_api_job(job))
         if attempt is not None:
-            await self.store.save(job, attempt)
+            await self._write(run, attempt)
         elif run.persisted.is_set():
-            await self.store.save_job(job)
+            await self._write(run)
         self.metrics.job_finished(job.kind, status)
         _log.info("job.finished", status=status, provider=job.provider, outcome=code or "success")
+        if job.callback_state == "pending":
+            self._spawn(self._send_callback(job), f"callback {job.id}")
+
+    # ------------------------------------------------------------------ events and writes
+
+    def _emit(self, run: _Run, type_: str, data: object) -> None:
+        """Queue an event; it is written with the next store write of the job."""
+        run.event_seq += 1
+        run.events.append(make_event(run.job.id, run.event_seq, type_, data, self.clock.time()))
+
+    def _emit_attempt(self, run: _Run, attempt: AttemptRecord) -> None:
+        self._emit(run, "attempt", to_api_attempt(attempt))
+
+    async def _write(self, run: _Run, *attempts: AttemptRecord) -> None:
+        """Persist the job (created on first write), ``attempts`` and queued events."""
+        events, run.events = run.events, []
+        if not run.persisted.is_set():
+            await self.store.create_job(run.job, events)
+            run.persisted.set()
+        else:
+            await self.store.save(run.job, *attempts, events=events)
+        if events:
+            self.events.notify(run.job.id)
+
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ callbacks
+
+    async def _send_callback(self, job: JobRecord) -> None:
+        """Deliver a final job to its ``callback_url`` and record the outcome."""
+        assert self.callbacks is not None
+        url = job.callback_url
+        if url is None:
+            return
+        body = msgspec.json.encode(to_api_job(job))
+        delivered = await self.callbacks.deliver(url, message_id(job.id), body)
+        job.callback_state = "delivered" if delivered else "failed"
+        with contextlib.suppress(Exception):
+            await self.store.save_job(job)
+
+    async def resume_callbacks(self) -> int:
+        """Re-send callbacks a previous process left pending; returns how many."""
+        if self.callbacks is None:
+            return 0
+        jobs = await self.store.pending_callbacks()
+        for job in jobs:
+            self._spawn(self._send_callback(job), f"callback {job.id}")
+        return len(jobs)
+
+    # ------------------------------------------------------------------ resume
+
+    async def resume(self) -> int:
+        """Re-drive every non-final job in the store; returns how many were resumed.
+
+        Called once at start, before requests are served; the jobs run in their own
+        tasks, so this returns at once.
+        """
+        jobs = await self.store.nonfinal_jobs(limit=100_000)
+        count = 0
+        for job in jobs:
+            if job.id in self._runs:
+                continue
+            try:
+                request = _decode_request(job.request)
+            except msgspec.DecodeError:
+                _log.error("job.unresumable", job_id=job.id)
+                continue
+            left = job.deadline_at - self.clock.time()
+            run = _Run(
+                job=job,
+                request=request,
+                deadline=self.clock.monotonic() + left,
+                trace_headers={},
+            )
+            run.persisted.set()
+            run.event_seq = await self.store.last_event_seq(job.id)
+            self._runs[job.id] = run
+            run.task = asyncio.create_task(self._run_job(run, resumed=True), name=f"job {job.id}")
+            count += 1
+        if count:
+            _log.info("engine.resumed", jobs=count)
+        return count
+
+    async def _resume_chain(self, run: _Run) -> None:
+        """Continue a job a previous process left non-final."""
+        job = run.job
+        _log.info("job.resumed", attempts=len(job.attempts))
+        last = job.attempts[-1] if job.attempts else None
+        if last is None or last.status != "running":
+            await self._attempt_chain(run)  # between attempts: the next candidate
+            return
+        rt = self.registry.get(last.provider)
+        if rt is None:
+            await self._attempt_failed(
+                run, None, last, "not_found", "the provider is no longer configured", None, 0.0
+            )
+            await self._attempt_chain(run, _Outcome("not_found", "provider gone"))
+            return
+        ctx = self._context(run, rt, last, {})
+        elapsed = max(self.clock.time() - (last.started_at or self.clock.time()), 0.0)
+        started = self.clock.monotonic() - elapsed
+        if run.deadline - self.clock.monotonic() < _MIN_ATTEMPT_S:
+            await self._cancel_orphan(rt, last.upstream_id, ctx)
+            await self._attempt_failed(
+                run, rt, last, "deadline_exceeded", "the job's deadline passed", None, elapsed
+            )
+            await self._finish(run, "failed", "deadline_exceeded", "the job's deadline passed")
+            return
+        if last.upstream_id is None:
+            upstream_id = await self._reconcile(run, rt, last, ctx)
+            if upstream_id is None:
+                outcome = await self._attempt_failed(
+                    run, rt, last, "upstream_unavailable", OUTCOME_UNKNOWN, None, elapsed
+                )
+                await self._attempt_chain(run, outcome)
+                return
+            last.upstream_id = upstream_id
+            self._emit_attempt(run, last)
+            await self._write(run, last)
+        outcome = await self._poll_until_final(run, rt, last, ctx, 0.0, started)
+        if outcome.final:
+            return
+        if outcome.kind in CALLER_KINDS:
+            await self._finish(run, "failed", outcome.kind, outcome.message)
+            return
+        await self._attempt_chain(run, outcome)
+
+    async def _reconcile(
+        self, run: _Run, rt: ProviderRuntime, attempt: AttemptRecord, ctx: AttemptContext
+    ) -> str | None:
+        """The upstream id of an attempt whose submit outcome is unknown, if it can be found.
+
+        ``None`` means the outcome stays unknown (or the provider never got it); the
+        caller fails the attempt and fails over.
+        """
+        find = getattr(rt.adapter, "find_submission", None)
+        if find is not None:
+            try:
+                async with asyncio.timeout(rt.config.timeouts.request_s):
+                    found: str | None = await find(ctx)
+            except (UpstreamError, httpx.HTTPError, TimeoutError) as exc:
+                _log.warning("attempt.reconcile_failed", provider=rt.name, error=repr(exc))
+            else:
+                _log.info("attempt.reconciled", provider=rt.name, by="lookup", found=bool(found))
+                return found
+        if ctx.webhook_url is None or not getattr(rt.adapter, "sends_webhooks", False):
+            return None
+        # The provider was told to call back with this job's and attempt's ids: wait.
+        wait_s = min(rt.config.poll.stall_s, run.deadline - self.clock.monotonic())
+        give_up = self.clock.monotonic() + max(wait_s, 0.0)
+        while run.pushed_for != attempt.id or run.pushed_upstream_id is None:
+            left = give_up - self.clock.monotonic()
+            if left <= 0 or run.cancel_requested or self._closing:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await run.wakeup.wait()
+            run.wakeup.clear()
+        if self._closing:
+            raise asyncio.CancelledError
+        if run.pushed_for == attempt.id and run.pushed_upstream_id:
+            _log.info("attempt.reconciled", provider=rt.name, by="webhook", found=True)
+            return run.pushed_upstream_id
+        return None
 
     # ------------------------------------------------------------------ helpers
 
@@ -604,7 +945,11 @@ class JobEngine:
             job_id=attempt.job_id,
             attempt_id=attempt.id,
             deadline=run.deadline,
-            api_key=rt.config.api_key,
+            api_key=(
+                rt.config.api_key
+                if self.tenancy is None
+                else self.tenancy.api_key(run.job.tenant, rt.name, rt.config.api_key)
+            ),
             webhook_url=webhook,
             trace_headers=trace_headers,
         )
@@ -615,6 +960,14 @@ class JobEngine:
             if attempt.error_kind:
                 return attempt.error_kind
         return "unknown"
+
+    def _interrupted(self, run: _Run) -> bool:
+        """Whether the caller canceled the job or the engine is shutting down."""
+        return run.cancel_requested or self._closing
+
+    def oldest_inflight_created_at(self) -> float | None:
+        """When the oldest job running in this process was created."""
+        return min((r.job.created_at for r in self._runs.values()), default=None)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -627,30 +980,149 @@ class JobEngine:
         run.wakeup.set()
         return True
 
+    async def cancel_job(self, tenant: str, job_id: str, wait_s: float = 10.0) -> JobRecord | None:
+        """Cancel a tenant's job wherever it runs; ``None`` when the tenant has no such job.
+
+        In this process the job's task cancels upstream and ends it. Otherwise (the
+        job is not running here) the store is updated directly and the running
+        attempt's upstream job canceled where the provider allows. The job ends
+        ``canceled`` either way; a job already final is returned unchanged.
+        """
+        run = self._runs.get(job_id)
+        if run is not None and run.job.tenant == tenant:
+            run.cancel_requested = True
+            run.wakeup.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await run.done.wait()
+            return run.job
+        job = await self.store.get_job(tenant, job_id)
+        if job is None or job.status in FINAL_STATUSES:
+            return job
+        detached = _Run(
+            job=job,
+            request=_decode_request(job.request),
+            deadline=self.clock.monotonic(),
+            trace_headers={},
+        )
+        detached.persisted.set()
+        detached.event_seq = await self.store.last_event_seq(job.id)
+        running = [a for a in job.attempts if a.status == "running"]
+        for attempt in running:
+            rt = self.registry.get(attempt.provider)
+            if rt is not None:
+                ctx = self._context(detached, rt, attempt, {})
+                await self._cancel_orphan(rt, attempt.upstream_id, ctx)
+            attempt.status = "canceled"
+            attempt.ended_at = self.clock.time()
+            self._emit_attempt(detached, attempt)
+        await self.store.save(job, *running)  # the attempts first, events below
+        await self._finish(detached, "canceled", "canceled", "canceled by the caller")
+        return job
+
     def deliver_webhook(
         self, provider: str, job_id: str | None, attempt_id: str | None, event: WebhookEvent
     ) -> bool:
-        """Apply a verified webhook to the attempt it names; ``False`` when none matches here."""
+        """Apply a verified webhook to the attempt it names; ``False`` when none matches.
+
+        A webhook for an attempt given up on as "submission outcome unknown" reveals a
+        duplicate submission: it is recorded and canceled upstream in the background.
+        """
         run = self._runs.get(job_id) if job_id else None
-        if run is None:
+        if run is not None:
+            for attempt in reversed(run.job.attempts):
+                matches = attempt.id == attempt_id or (
+                    attempt_id is None and attempt.upstream_id == event.upstream_id
+                )
+                if not matches or attempt.provider != provider:
+                    continue
+                if attempt.status == "running":
+                    run.pushed, run.pushed_for = event.result, attempt.id
+                    run.pushed_upstream_id = event.upstream_id
+                    run.wakeup.set()
+                    return True
+                if _outcome_was_unknown(attempt):
+                    self._spawn(
+                        self._record_duplicate(run.job.tenant, run.job.id, attempt.id, event),
+                        f"duplicate {attempt.id}",
+                    )
+                    return True
             return False
-        for attempt in reversed(run.job.attempts):
-            matches = attempt.id == attempt_id or (
-                attempt_id is None and attempt.upstream_id == event.upstream_id
-            )
-            if matches and attempt.provider == provider and attempt.status == "running":
-                run.pushed, run.pushed_for = event.result, attempt.id
-                run.wakeup.set()
-                return True
+        if job_id and attempt_id:
+            self._spawn(self._late_webhook(provider, job_id, attempt_id, event), f"late {job_id}")
+            return True
         return False
 
+    async def _late_webhook(
+        self, provider: str, job_id: str, attempt_id: str, event: WebhookEvent
+    ) -> None:
+        """A webhook for a job not running here: a duplicate to record, or nothing."""
+        job = await self.store.get_job(None, job_id)
+        if job is None:
+            return
+        for attempt in job.attempts:
+            if attempt.id == attempt_id and attempt.provider == provider:
+                if _outcome_was_unknown(attempt):
+                    await self._record_duplicate(job.tenant, job_id, attempt_id, event)
+                return
+
+    async def _record_duplicate(
+        self, tenant: str, job_id: str, attempt_id: str, event: WebhookEvent
+    ) -> None:
+        """Record that an attempt given up on did reach the provider, and cancel it there."""
+        run = self._runs.get(job_id)
+        if run is None:
+            job = await self.store.get_job(tenant, job_id)
+            if job is None:
+                return
+            run = _Run(
+                job=job, request=_decode_request(job.request), deadline=0.0, trace_headers={}
+            )
+            run.persisted.set()
+            run.event_seq = await self.store.last_event_seq(job_id)
+        attempt = next((a for a in run.job.attempts if a.id == attempt_id), None)
+        if attempt is None or not _outcome_was_unknown(attempt):
+            return
+        attempt.upstream_id = event.upstream_id
+        attempt.error_message = f"{OUTCOME_UNKNOWN}; duplicate submission detected"
+        run.job.duplicate_submissions += 1
+        rt = self.registry.get(attempt.provider)
+        canceled = False
+        if rt is not None and event.result.status not in FINAL_STATUSES:
+            canceled = await self._cancel_orphan(
+                rt, event.upstream_id, self._context(run, rt, attempt, {})
+            )
+        if canceled:
+            attempt.error_message += " and canceled upstream"
+        _log.warning(
+            "job.duplicate_detected", job_id=job_id, provider=attempt.provider, canceled=canceled
+        )
+        self._emit_attempt(run, attempt)
+        await self._write(run, attempt)
+
     async def close(self, grace_s: float = 0.0) -> None:
-        """Stop every job task; their jobs stay resumable in the store."""
+        """Stop every job task; their jobs stay resumable in the store.
+
+        Jobs that are polling stop at once; a submit in flight is given up to
+        ``grace_s`` to finish, so its upstream id is recorded rather than unknown.
+        """
+        self._closing = True
+        for run in self._runs.values():
+            run.wakeup.set()
         tasks = [r.task for r in self._runs.values() if r.task is not None]
         if grace_s > 0 and tasks:
             await asyncio.wait(tasks, timeout=grace_s)
-        for task in tasks:
+        background = list(self._background)
+        for task in [*tasks, *background]:
             task.cancel()
-        for task in tasks:
+        for task in [*tasks, *background]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _outcome_was_unknown(attempt: AttemptRecord) -> bool:
+    return (
+        attempt.status == "failed"
+        and attempt.upstream_id is None
+        and (attempt.error_message or "").startswith(OUTCOME_UNKNOWN)
+    )

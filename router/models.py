@@ -123,6 +123,8 @@ class Job(msgspec.Struct):
     error: JobError | None = None
     completed_at: str | None = None
     metadata: dict[str, Any] | None = None
+    #: Upstream submissions found duplicated by crash recovery (each canceled upstream).
+    duplicate_submissions: int = 0
 
 
 class JobList(msgspec.Struct):

@@ -6,16 +6,15 @@ immutable :class:`~strategies.snapshot.Snapshot` the strategy ranks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.health import ProviderStats
-
-from breakers import ProviderGuard
+from breakers import ProviderGuard, RedisState
 from breakers.clock import Clock
 from router.adapters.base import Adapter
 from router.config import ProviderConfig
+from router.health import ProviderStats
 from strategies.snapshot import Capabilities, Cost, ProviderSnapshot, Snapshot
 
 __all__ = ["ProviderRegistry", "ProviderRuntime"]
@@ -31,8 +30,6 @@ class ProviderRuntime:
     stats: ProviderStats
     capabilities: Capabilities
     cost: Cost
-    drained: bool = False
-    drain_reason: str | None = None
     healthy: bool = True
     last_score: float | None = None
     last_components: dict[str, float] = field(default_factory=dict)
@@ -40,6 +37,26 @@ class ProviderRuntime:
     @property
     def name(self) -> str:
         return self.config.name
+
+    # The drain flag lives in the guard, so a drain reaches every replica when
+    # state is shared (``storage.redis_url``).
+    @property
+    def drained(self) -> bool:
+        """Whether an operator took the provider out of rotation."""
+        return self.guard.drained
+
+    @drained.setter
+    def drained(self, value: bool) -> None:
+        self.guard.set_drained(value, self.guard.drain_reason if value else None)
+
+    @property
+    def drain_reason(self) -> str | None:
+        """The operator's reason for the drain."""
+        return self.guard.drain_reason
+
+    @drain_reason.setter
+    def drain_reason(self, value: str | None) -> None:
+        self.guard.set_drained(self.guard.drained, value)
 
     def snapshot(self) -> ProviderSnapshot:
         """This provider's state right now, resolved into plain values."""
@@ -124,13 +141,26 @@ class ProviderRegistry:
         clock: Clock,
         build_adapter: Callable[[ProviderConfig], Adapter],
         on_transition: Callable[[str, str, str], None] | None = None,
+        reuse: Mapping[str, ProviderRuntime] | None = None,
+        shared: RedisState | None = None,
     ) -> None:
+        """``reuse`` (a config reload) carries over runtimes whose config is unchanged,
+        so their breaker, limits and learned stats survive."""
         self._by_name: dict[str, ProviderRuntime] = {}
         for cfg in configs:
+            kept = reuse.get(cfg.name) if reuse is not None else None
+            if kept is not None and kept.config == cfg:
+                self._by_name[cfg.name] = kept
+                continue
             self._by_name[cfg.name] = ProviderRuntime(
                 config=cfg,
                 adapter=build_adapter(cfg),
-                guard=ProviderGuard(cfg, clock=clock, on_transition=on_transition),
+                guard=ProviderGuard(
+                    cfg,
+                    clock=clock,
+                    on_transition=on_transition,
+                    shared=shared.provider(cfg) if shared is not None else None,
+                ),
                 stats=ProviderStats(clock),
                 capabilities=_capabilities(cfg),
                 cost=Cost(cfg.cost.per_image_usd, cfg.cost.per_video_s_usd),

@@ -6,8 +6,10 @@ sandbox emulators, job tasks) and starts and stops them in order.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,14 +18,19 @@ import structlog
 from httpx_aiohttp import AiohttpTransport
 from opentelemetry.trace import Tracer
 
-from breakers import RetryBudget
+from breakers import RedisState, RetryBudget
 from breakers.clock import Clock, SystemClock
 from metrics import Metrics
 from metrics.tracing import setup_tracing
+from router import tenants
 from router.adapters.registry import build_adapter
+from router.assets import AssetStore
 from router.auth import Authenticator
-from router.config import Config, ProviderConfig
+from router.callbacks import CallbackSender
+from router.config import Config, ProviderConfig, load_config
 from router.engine import JobEngine
+from router.errors import ConfigError
+from router.idempotency import IdempotencyKeys
 from router.registry import ProviderRegistry
 from router.replay import ReplayGuard
 from router.sandbox import Emulator, build_emulator
@@ -31,10 +38,40 @@ from router.store import JobStore, open_store
 from strategies import ProviderStrategy
 from strategies.snapshot import Weights
 
-__all__ = ["Service"]
+__all__ = ["ReloadResult", "Service"]
 
 _log = structlog.get_logger("switchman.service")
 _BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
+#: Server settings a reload applies live; every other server setting needs a restart.
+_LIVE_SERVER_FIELDS = frozenset({"public_url", "ui_enabled"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a config reload changed, for the admin API and the audit log."""
+
+    providers: tuple[str, ...]
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    #: Config sections that differ but only take effect after a restart.
+    restart_required: tuple[str, ...]
+
+
+def _restart_required(old: Config, new: Config) -> list[str]:
+    fields: list[str] = []
+    for name in old.server.__struct_fields__:
+        if name not in _LIVE_SERVER_FIELDS and getattr(old.server, name) != getattr(
+            new.server, name
+        ):
+            fields.append(f"server.{name}")
+    if old.storage != new.storage:
+        fields.append("storage")
+    if old.sandbox is not None and new.sandbox is not None:
+        before = {e.name: e for e in old.sandbox.emulators}
+        if any(e.name in before and before[e.name] != e for e in new.sandbox.emulators):
+            fields.append("sandbox.emulators")
+    return fields
 
 
 @dataclass
@@ -52,11 +89,49 @@ class Service:
     auth: Authenticator | None = None
     client: httpx.AsyncClient | None = None
     emulators: dict[str, Emulator] = field(default_factory=dict)
+    #: Shared breakers, buckets, cooldowns, drains and idempotency locks
+    #: (``storage.redis_url``); ``None`` keeps all of them in process.
+    shared_state: RedisState | None = None
     ready: bool = False
+    #: The file ``config`` came from; ``POST /v1/admin/reload`` re-reads it.
+    config_path: Path | None = None
+    #: Set when the HTTP server begins a graceful shutdown, so long-lived streams end.
+    shutting_down: bool = False
     webhook_replay: ReplayGuard = field(init=False)
+    #: ``Idempotency-Key`` handling for ``POST /v1/generations`` (set at start).
+    idempotency: IdempotencyKeys | None = None
+    _housekeeping: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _oldest_nonfinal_at: float | None = field(default=None, init=False, repr=False)
+    _status_event: asyncio.Event = field(init=False, repr=False)
+    _reload_lock: asyncio.Lock = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.webhook_replay = ReplayGuard(self.clock)
+        self._status_event = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+
+    def status_changed(self) -> None:
+        """Wake the status page's streams now (a breaker moved, a drain, a reload)."""
+        event, self._status_event = self._status_event, asyncio.Event()
+        event.set()
+
+    async def wait_status_change(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for :meth:`status_changed`; whether it happened."""
+        event = self._status_event
+        try:
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def begin_shutdown(self) -> None:
+        """Tell long-lived responses (status-page streams) to finish, so the HTTP
+        server's graceful shutdown is not held up by them."""
+        self.shutting_down = True
+        self.status_changed()
+        if self.engine is not None:
+            self.engine.release_waiters()  # Prefer: wait responses answer now
 
     async def start(self) -> None:
         """Start emulators, the store, the HTTP client, the registry and the engine."""
@@ -74,12 +149,23 @@ class Service:
         )
         if self.tracer is None:
             self.tracer = setup_tracing("switchman")
+        if config.storage.redis_url and self.shared_state is None:
+            self.shared_state = RedisState(
+                config.storage.redis_url,
+                clock=self.clock,
+                prefix=config.storage.redis_prefix,
+                replicas_hint=config.storage.replicas_hint,
+                on_degraded=lambda degraded: self.metrics.set_degraded("redis", degraded),
+            )
         self.registry = ProviderRegistry(
             providers,
             clock=self.clock,
             build_adapter=build_adapter,
             on_transition=self._on_breaker_transition,
+            shared=self.shared_state,
         )
+        if self.shared_state is not None:
+            await self.shared_state.start()  # never fails: a dead Redis starts it degraded
         self.metrics.declare_providers(self.registry.names)
         weights = config.routing.weights
         strategy = ProviderStrategy(
@@ -101,6 +187,9 @@ class Service:
             tracer=self.tracer,
             webhook_base_url=config.server.public_url,
         )
+        await tenants.attach(self)  # before jobs resume, so resumed jobs settle their usage
+        await self._start_jobs(config)
+        tenants.guard_callbacks(self)
         self.auth = Authenticator(config.tenants)
         self.ready = True
         _log.info("service.started", providers=list(self.registry.names))
@@ -108,12 +197,18 @@ class Service:
     async def stop(self, grace_s: float = 0.0) -> None:
         """Stop in reverse order; in-flight jobs stay resumable in the store."""
         self.ready = False
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            self._housekeeping = None
         if self.engine is not None:
             await self.engine.close(grace_s)
+            await tenants.detach(self)
         if self.client is not None:
             await self.client.aclose()
         if self.store is not None:
             await self.store.close()
+        if self.shared_state is not None:
+            await self.shared_state.close()
         for emulator in self.emulators.values():
             await emulator.stop()
         self.emulators.clear()
@@ -123,6 +218,8 @@ class Service:
         if config.sandbox is None:
             return list(config.providers)
         for emu in config.sandbox.emulators:
+            if emu.name in self.emulators:  # a reload keeps running emulators
+                continue
             emulator = build_emulator(emu.adapter, emu.faults)
             await emulator.start(config.sandbox.host, emu.port)
             self.emulators[emu.name] = emulator
@@ -134,7 +231,84 @@ class Service:
             resolved.append(p)
         return resolved
 
+    async def reload(self) -> ReloadResult:
+        """Re-read :attr:`config_path` and apply it without dropping a request.
+
+        A provider whose config is unchanged keeps its runtime (breaker, buckets,
+        learned latency and success ratio, drain). A changed one gets a fresh runtime
+        but keeps an operator's drain and forced-open breaker: an operator's decision
+        outlives a config edit. Requests in flight hold the runtime they started with
+        and finish on it. An invalid file raises :class:`ConfigError` and the running
+        config stays in force.
+        """
+        if self.config_path is None:
+            raise ConfigError(["$: the service was not started from a config file"])
+        async with self._reload_lock:
+            new = load_config(self.config_path)
+            old_registry, engine = self.registry, self.engine
+            assert old_registry is not None
+            assert engine is not None
+            providers = await self._start_sandbox(new)
+            registry = ProviderRegistry(
+                providers,
+                clock=self.clock,
+                build_adapter=build_adapter,
+                on_transition=self._on_breaker_transition,
+                reuse={rt.name: rt for rt in old_registry},
+                shared=self.shared_state,
+            )
+            changed = []
+            for rt in registry:
+                prev = old_registry.get(rt.name)
+                if prev is None or prev is rt:
+                    continue
+                changed.append(rt.name)
+                rt.drained, rt.drain_reason = prev.drained, prev.drain_reason
+                if prev.guard.breaker.forced_open:
+                    rt.guard.breaker.force_open()
+            old = self.config
+            restart = _restart_required(old, new)
+            self.metrics.declare_providers(registry.names)
+            weights = new.routing.weights
+            engine.strategy = ProviderStrategy(
+                default_policy=new.routing.strategy,
+                weights=Weights(weights.health, weights.latency, weights.cost, weights.load),
+                near_tie=new.routing.near_tie,
+            )
+            if new.routing.retry_budget != old.routing.retry_budget:
+                budget = new.routing.retry_budget
+                engine.retry_budget = RetryBudget(budget.ratio, budget.min_per_s, self.clock)
+            if new.server.public_url != old.server.public_url:
+                engine.webhook_base_url = new.server.public_url
+            # The swap itself is synchronous: no request sees half a config.
+            engine.config = new
+            engine.registry = registry
+            self.registry = registry
+            self.auth = Authenticator(new.tenants)
+            if isinstance(engine.tenancy, tenants.Tenancy):
+                engine.tenancy.reload(new)
+            self.config = new
+            result = ReloadResult(
+                providers=registry.names,
+                added=tuple(n for n in registry.names if old_registry.get(n) is None),
+                removed=tuple(n for n in old_registry.names if registry.get(n) is None),
+                changed=tuple(changed),
+                restart_required=tuple(restart),
+            )
+        _log.info(
+            "config.reloaded",
+            path=str(self.config_path),
+            providers=list(result.providers),
+            added=list(result.added),
+            removed=list(result.removed),
+            changed=list(result.changed),
+            restart_required=list(result.restart_required),
+        )
+        self.status_changed()
+        return result
+
     def _on_breaker_transition(self, provider: str, old: str, new: str) -> None:
+        self.status_changed()
         if self.engine is not None:
             self.engine.breaker_changed()
         self.metrics.set_breaker_state(provider, new)
@@ -142,8 +316,53 @@ class Service:
         log = _log.warning if new == "open" else _log.info
         log(f"breaker.{'opened' if new == 'open' else new}", provider=provider, previous=old)
 
+    async def _start_jobs(self, config: Config) -> None:
+        """Assets, callbacks and idempotency keys; then resume what a previous process left."""
+        assert self.engine is not None
+        assert self.store is not None
+        assert self.client is not None
+        if config.storage.assets.enabled:
+            self.engine.assets = AssetStore(
+                config.storage.assets,
+                self.store,
+                self.client,
+                self.clock,
+                public_url=config.server.public_url,
+            )
+        if config.security.callback_secret is not None:
+            self.engine.callbacks = CallbackSender(config.security, self.client, self.clock)
+        self.idempotency = IdempotencyKeys(
+            self.store, self.clock, config.storage.idempotency_retention_s
+        )
+        await self.engine.resume()
+        await self.engine.resume_callbacks()
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+
+    async def _housekeep(self, every_s: float = 30.0) -> None:
+        """Prune expired idempotency keys; track the oldest non-final job for its gauge."""
+        assert self.store is not None
+        assert self.idempotency is not None
+        ticks = 0
+        while True:
+            try:
+                if ticks % 20 == 0:  # every ten minutes
+                    await self.idempotency.prune()
+                self._oldest_nonfinal_at = await self.store.oldest_nonfinal_created_at()
+            except Exception as exc:  # the store may be briefly away; try next tick
+                _log.warning("housekeeping.failed", error=type(exc).__name__)
+            ticks += 1
+            await asyncio.sleep(every_s)
+
     def refresh_gauges(self) -> None:
         """Update the per-provider gauges; called when /metrics is scraped."""
+        if self.engine is not None:
+            oldest = [
+                t
+                for t in (self._oldest_nonfinal_at, self.engine.oldest_inflight_created_at())
+                if t is not None
+            ]
+            age = self.clock.time() - min(oldest) if oldest else 0.0
+            self.metrics.set_oldest_nonfinal_age(max(age, 0.0))
         if self.registry is None:
             return
         for rt in self.registry:

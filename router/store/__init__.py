@@ -2,19 +2,26 @@
 
 from router.store.protocol import DuplicateIdempotencyKey, JobStore, StoreError
 from router.store.records import (
+    AssetRecord,
     AttemptRecord,
+    EventRecord,
+    IdempotencyRecord,
     JobRecord,
     format_timestamp,
     new_attempt_id,
     new_job_id,
     new_request_id,
+    to_api_attempt,
     to_api_job,
 )
 from router.store.sql import InvalidCursor, SqlJobStore, UnknownJob, open_store
 
 __all__ = [
+    "AssetRecord",
     "AttemptRecord",
     "DuplicateIdempotencyKey",
+    "EventRecord",
+    "IdempotencyRecord",
     "InvalidCursor",
     "JobRecord",
     "JobStore",
@@ -26,5 +33,6 @@ __all__ = [
     "new_job_id",
     "new_request_id",
     "open_store",
+    "to_api_attempt",
     "to_api_job",
 ]

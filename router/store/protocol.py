@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from router.errors import SwitchmanError
-from router.store.records import AttemptRecord, JobRecord
+from router.store.records import (
+    AssetRecord,
+    AttemptRecord,
+    EventRecord,
+    IdempotencyRecord,
+    JobRecord,
+)
 
 __all__ = ["DuplicateIdempotencyKey", "JobStore", "StoreError"]
 
@@ -47,8 +54,11 @@ class JobStore(Protocol):
         """Whether the store answers a trivial query right now (for ``/readyz``)."""
         ...
 
-    async def create_job(self, job: JobRecord) -> None:
-        """Insert a job and the attempts it holds in one transaction.
+    async def create_job(self, job: JobRecord, events: Sequence[EventRecord] = ()) -> None:
+        """Insert a job, the attempts it holds and its first events in one transaction.
+
+        The job row carries its ``Idempotency-Key``: the unique ``(tenant, key)`` index
+        makes creating the job and claiming the key one atomic step across replicas.
 
         Raises :class:`DuplicateIdempotencyKey` when the tenant already used the key.
         """
@@ -72,8 +82,52 @@ class JobStore(Protocol):
         """Update the job's own fields (not its attempts)."""
         ...
 
-    async def save(self, job: JobRecord, *attempts: AttemptRecord) -> None:
-        """Update the job and upsert the given attempts in one transaction."""
+    async def save(
+        self, job: JobRecord, *attempts: AttemptRecord, events: Sequence[EventRecord] = ()
+    ) -> None:
+        """Update the job, upsert the given attempts and append ``events``, in one transaction."""
+        ...
+
+    async def list_events(
+        self, job_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[EventRecord]:
+        """The job's events with ``seq > after``, in order (an SSE replay)."""
+        ...
+
+    async def last_event_seq(self, job_id: str) -> int:
+        """The highest event ``seq`` of the job, 0 when it has none."""
+        ...
+
+    async def pending_callbacks(self, limit: int = 1000) -> list[JobRecord]:
+        """Final jobs whose callback is still to be delivered (to resume after a restart)."""
+        ...
+
+    async def oldest_nonfinal_created_at(self) -> float | None:
+        """When the oldest queued or running job was created, ``None`` when there is none."""
+        ...
+
+    async def record_idempotent_answer(self, record: IdempotencyRecord) -> bool:
+        """Keep the first answer given under a key; ``False`` when one was already kept."""
+        ...
+
+    async def get_idempotency_key(self, tenant: str, key: str) -> IdempotencyRecord | None:
+        """The first answer kept under the key, if any."""
+        ...
+
+    async def forget_idempotency_key(self, tenant: str, key: str) -> None:
+        """Free an expired key: drop its answer and unlink it from its job."""
+        ...
+
+    async def prune_idempotency_keys(self, now: float, retention_s: float) -> int:
+        """Free every key older than the retention; returns how many rows changed."""
+        ...
+
+    async def save_asset(self, asset: AssetRecord) -> bool:
+        """Record a stored output; ``False`` when the tenant already had it (a no-op)."""
+        ...
+
+    async def get_asset(self, tenant: str, asset_id: str) -> AssetRecord | None:
+        """The tenant's asset; another tenant's id reads as absent."""
         ...
 
     async def nonfinal_jobs(self, limit: int = 1000) -> list[JobRecord]:

@@ -18,12 +18,16 @@ from typing import Any
 from router.models import Attempt, AttemptError, Job, JobError, Output
 
 __all__ = [
+    "AssetRecord",
     "AttemptRecord",
+    "EventRecord",
+    "IdempotencyRecord",
     "JobRecord",
     "format_timestamp",
     "new_attempt_id",
     "new_job_id",
     "new_request_id",
+    "to_api_attempt",
     "to_api_job",
 ]
 
@@ -138,6 +142,56 @@ class JobRecord:
     request_fingerprint: str | None = None
     callback_url: str | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
+    #: Upstream submissions found to duplicate an attempt (a crash between a provider
+    #: accepting and Switchman recording it); each was canceled upstream where possible.
+    duplicate_submissions: int = 0
+    #: ``None`` (no callback), ``pending``, ``delivered`` or ``failed``.
+    callback_state: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One entry of a job's event log (the SSE stream); ``seq`` is the SSE id, from 1."""
+
+    job_id: str
+    seq: int
+    type: str
+    data: bytes
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """The first answer given under a tenant's ``Idempotency-Key``, kept for replays.
+
+    The key itself is claimed by the job row (``jobs.idempotency_key``, unique per
+    tenant) in the job's creating transaction; this record only adds the answer.
+    """
+
+    tenant: str
+    key: str
+    fingerprint: str
+    created_at: float
+    expires_at: float
+    job_id: str | None = None
+    status_code: int | None = None
+    response: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRecord:
+    """A stored output, content-addressed: one record per tenant and content hash."""
+
+    tenant: str
+    id: str
+    sha256: str
+    content_type: str
+    bytes: int
+    created_at: float
+    job_id: str | None = None
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = None
 
 
 def format_timestamp(ts: float) -> str:
@@ -145,6 +199,11 @@ def format_timestamp(ts: float) -> str:
     whole = int(ts // 1)
     ms = min(int((ts - whole) * 1000), 999)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
+
+
+def to_api_attempt(a: AttemptRecord) -> Attempt:
+    """The public shape of one attempt (DESIGN §3)."""
+    return _api_attempt(a)
 
 
 def _api_attempt(a: AttemptRecord) -> Attempt:
@@ -188,4 +247,5 @@ def to_api_job(record: JobRecord) -> Job:
         error=error,
         completed_at=None if record.completed_at is None else format_timestamp(record.completed_at),
         metadata=record.metadata,
+        duplicate_submissions=record.duplicate_submissions,
     )

@@ -40,8 +40,14 @@ from sqlalchemy.pool import StaticPool
 from router.models import Output
 from router.store import migrate
 from router.store.protocol import DuplicateIdempotencyKey, StoreError
-from router.store.records import AttemptRecord, JobRecord
-from router.store.tables import attempts, jobs
+from router.store.records import (
+    AssetRecord,
+    AttemptRecord,
+    EventRecord,
+    IdempotencyRecord,
+    JobRecord,
+)
+from router.store.tables import assets, attempts, idempotency_keys, job_events, jobs
 
 __all__ = ["InvalidCursor", "SqlJobStore", "UnknownJob", "open_store"]
 
@@ -82,6 +88,8 @@ _JOB_MUTABLE: Final = (
     "deadline_at",
     "metadata",
     "callback_url",
+    "duplicate_submissions",
+    "callback_state",
 )
 
 _INSERT_JOB: Final = jobs.insert()
@@ -141,6 +149,66 @@ _SELECT_BY_UPSTREAM_ID: Final = (
 )
 
 
+_INSERT_EVENT: Final = job_events.insert()
+_SELECT_EVENTS: Final = (
+    sa.select(job_events)
+    .where(job_events.c.job_id == sa.bindparam("job_id"), job_events.c.seq > sa.bindparam("after"))
+    .order_by(job_events.c.seq)
+    .limit(sa.bindparam("limit"))
+)
+_LAST_EVENT_SEQ: Final = sa.select(sa.func.max(job_events.c.seq)).where(
+    job_events.c.job_id == sa.bindparam("job_id")
+)
+_SELECT_PENDING_CALLBACKS: Final = (
+    sa.select(jobs)
+    .where(jobs.c.callback_state == "pending", jobs.c.status.not_in(_NONFINAL))
+    .order_by(jobs.c.created_at, jobs.c.id)
+    .limit(sa.bindparam("limit"))
+)
+_OLDEST_NONFINAL: Final = sa.select(sa.func.min(jobs.c.created_at)).where(
+    jobs.c.status.in_(_NONFINAL)
+)
+# ``k_`` names: an UPDATE may not bind a parameter named like one of its columns.
+_KEY_IS: Final = sa.and_(
+    idempotency_keys.c.tenant == sa.bindparam("k_tenant"),
+    idempotency_keys.c.key == sa.bindparam("k_key"),
+)
+_SELECT_KEY: Final = sa.select(idempotency_keys).where(_KEY_IS)
+_DELETE_KEY: Final = idempotency_keys.delete().where(_KEY_IS)
+_FREE_JOB_KEY: Final = (
+    jobs.update()
+    .where(
+        jobs.c.tenant == sa.bindparam("k_tenant"), jobs.c.idempotency_key == sa.bindparam("k_key")
+    )
+    .values(idempotency_key=None)
+)
+_PRUNE_KEYS: Final = idempotency_keys.delete().where(
+    idempotency_keys.c.expires_at <= sa.bindparam("now")
+)
+_PRUNE_JOB_KEYS: Final = (
+    jobs.update()
+    .where(jobs.c.idempotency_key.is_not(None), jobs.c.created_at <= sa.bindparam("cutoff"))
+    .values(idempotency_key=None)
+)
+_SELECT_ASSET: Final = sa.select(assets).where(
+    assets.c.tenant == sa.bindparam("tenant"), assets.c.id == sa.bindparam("id")
+)
+
+
+def _build_insert_ignore(dialect: str, table: sa.Table) -> sa.Executable:
+    """``INSERT … ON CONFLICT DO NOTHING``: the unique key decides who wins a race."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing()
+
+
+_INSERT_KEY: Final = {
+    name: _build_insert_ignore(name, idempotency_keys) for name in ("postgresql", "sqlite")
+}
+_INSERT_ASSET: Final = {
+    name: _build_insert_ignore(name, assets) for name in ("postgresql", "sqlite")
+}
+
+
 def _build_upsert_attempt(dialect: str) -> sa.Executable:
     """``INSERT … ON CONFLICT (id) DO UPDATE``: one statement instead of select-then-write."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -175,6 +243,8 @@ def _job_params(job: JobRecord) -> dict[str, Any]:
         "idempotency_key": job.idempotency_key,
         "request_fingerprint": job.request_fingerprint,
         "callback_url": job.callback_url,
+        "duplicate_submissions": job.duplicate_submissions,
+        "callback_state": job.callback_state,
     }
 
 
@@ -193,6 +263,8 @@ def _job_update_params(job: JobRecord) -> dict[str, Any]:
         "deadline_at": job.deadline_at,
         "metadata": None if job.metadata is None else _encode(job.metadata).decode(),
         "callback_url": job.callback_url,
+        "duplicate_submissions": job.duplicate_submissions,
+        "callback_state": job.callback_state,
     }
 
 
@@ -236,6 +308,8 @@ def _job_from_row(row: Sequence[Any]) -> JobRecord:
         idempotency_key,
         request_fingerprint,
         callback_url,
+        duplicate_submissions,
+        callback_state,
     ) = row
     return JobRecord(
         id=id_,
@@ -257,6 +331,8 @@ def _job_from_row(row: Sequence[Any]) -> JobRecord:
         idempotency_key=idempotency_key,
         request_fingerprint=request_fingerprint,
         callback_url=callback_url,
+        duplicate_submissions=duplicate_submissions,
+        callback_state=callback_state,
     )
 
 
@@ -281,20 +357,120 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 # --- operations: one transaction each, run by a runner ---------------------------------
 
 
-def _insert_job(conn: Connection, job: dict[str, Any], items: list[dict[str, Any]]) -> None:
+def _event_params(e: EventRecord) -> dict[str, Any]:
+    return {"job_id": e.job_id, "seq": e.seq, "type": e.type, "data": e.data.decode(), "at": e.at}
+
+
+def _event_from_row(row: Sequence[Any]) -> EventRecord:
+    job_id, seq, type_, data, at = row
+    return EventRecord(job_id, seq, type_, data.encode(), at)
+
+
+def _key_from_row(row: Sequence[Any]) -> IdempotencyRecord:
+    tenant, key, fingerprint, job_id, status_code, response, created_at, expires_at = row
+    return IdempotencyRecord(
+        tenant=tenant,
+        key=key,
+        fingerprint=fingerprint,
+        created_at=created_at,
+        expires_at=expires_at,
+        job_id=job_id,
+        status_code=status_code,
+        response=None if response is None else response.encode(),
+    )
+
+
+def _asset_params(a: AssetRecord) -> dict[str, Any]:
+    return {
+        "tenant": a.tenant,
+        "id": a.id,
+        "sha256": a.sha256,
+        "job_id": a.job_id,
+        "content_type": a.content_type,
+        "bytes": a.bytes,
+        "width": a.width,
+        "height": a.height,
+        "duration_s": a.duration_s,
+        "created_at": a.created_at,
+    }
+
+
+def _asset_from_row(row: Sequence[Any]) -> AssetRecord:
+    tenant, id_, sha, job_id, ctype, size, width, height, duration, created = row
+    return AssetRecord(
+        tenant=tenant,
+        id=id_,
+        sha256=sha,
+        content_type=ctype,
+        bytes=size,
+        created_at=created,
+        job_id=job_id,
+        width=width,
+        height=height,
+        duration_s=duration,
+    )
+
+
+def _insert_job(
+    conn: Connection,
+    job: dict[str, Any],
+    items: list[dict[str, Any]],
+    events: list[dict[str, Any]] | None = None,
+) -> None:
     conn.execute(_INSERT_JOB, job)
     if len(items) == 1:
         conn.execute(_INSERT_ATTEMPT, items[0])
     elif items:
         conn.execute(_INSERT_ATTEMPT, items)
+    if events:
+        conn.execute(_INSERT_EVENT, events)
 
 
-def _update_job(conn: Connection, job: dict[str, Any], items: list[dict[str, Any]]) -> bool:
+def _update_job(
+    conn: Connection,
+    job: dict[str, Any],
+    items: list[dict[str, Any]],
+    events: list[dict[str, Any]] | None = None,
+) -> bool:
     if conn.execute(_UPDATE_JOB, job).rowcount == 0:
         return False
     for item in items:
         conn.execute(_UPSERT_ATTEMPT[conn.dialect.name], item)
+    if events:
+        conn.execute(_INSERT_EVENT, events)
     return True
+
+
+def _select_events(conn: Connection, params: dict[str, Any]) -> list[EventRecord]:
+    return [_event_from_row(r) for r in conn.execute(_SELECT_EVENTS, params)]
+
+
+def _scalar(conn: Connection, stmt: sa.Executable, params: dict[str, Any]) -> Any:
+    return conn.execute(stmt, params).scalar()
+
+
+def _forget_key(conn: Connection, params: dict[str, Any]) -> None:
+    conn.execute(_DELETE_KEY, params)
+    conn.execute(_FREE_JOB_KEY, params)
+
+
+def _prune_keys(conn: Connection, now: float, cutoff: float) -> int:
+    count = int(conn.execute(_PRUNE_KEYS, {"now": now}).rowcount)
+    return count + int(conn.execute(_PRUNE_JOB_KEYS, {"cutoff": cutoff}).rowcount)
+
+
+def _select_key(conn: Connection, params: dict[str, Any]) -> IdempotencyRecord | None:
+    row = conn.execute(_SELECT_KEY, params).first()
+    return None if row is None else _key_from_row(row)
+
+
+def _execute_count(conn: Connection, stmt: sa.Executable, params: dict[str, Any]) -> int:
+    return int(conn.execute(stmt, params).rowcount)
+
+
+def _select_asset(conn: Connection, params: dict[str, Any]) -> AssetRecord | None:
+    row = conn.execute(_SELECT_ASSET, params).first()
+    return None if row is None else _asset_from_row(row)
 
 
 def _upsert_attempt_op(conn: Connection, item: dict[str, Any]) -> None:
@@ -476,11 +652,12 @@ class SqlJobStore:
     ``connect_args={"server_settings": {"search_path": "tenant_a"}}`` for asyncpg.
     """
 
-    __slots__ = ("_runner", "_url")
+    __slots__ = ("_dialect", "_runner", "_url")
 
     def __init__(self, database_url: str, **engine_options: Any) -> None:
         self._url = make_url(database_url)
         backend = self._url.get_backend_name()
+        self._dialect = backend
         self._runner: _Runner
         if backend == "sqlite":
             self._runner = _ThreadRunner(self._url, engine_options)
@@ -506,10 +683,11 @@ class SqlJobStore:
             return False
         return True
 
-    async def create_job(self, job: JobRecord) -> None:
+    async def create_job(self, job: JobRecord, events: Sequence[EventRecord] = ()) -> None:
         items = [_attempt_params(a) for a in job.attempts]
+        evs = [_event_params(e) for e in events]
         try:
-            await self._runner.run(True, _insert_job, _job_params(job), items)
+            await self._runner.run(True, _insert_job, _job_params(job), items, evs)
         except sa.exc.IntegrityError as exc:
             key = job.idempotency_key
             if key is None or "idempotency_key" not in str(exc.orig):
@@ -548,10 +726,63 @@ class SqlJobStore:
         if not await self._runner.run(True, _update_job, _job_update_params(job), []):
             raise UnknownJob(job.id)
 
-    async def save(self, job: JobRecord, *attempts: AttemptRecord) -> None:
+    async def save(
+        self, job: JobRecord, *attempts: AttemptRecord, events: Sequence[EventRecord] = ()
+    ) -> None:
         items = [_attempt_params(a) for a in attempts]
-        if not await self._runner.run(True, _update_job, _job_update_params(job), items):
+        evs = [_event_params(e) for e in events]
+        if not await self._runner.run(True, _update_job, _job_update_params(job), items, evs):
             raise UnknownJob(job.id)
+
+    async def list_events(
+        self, job_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[EventRecord]:
+        params = {"job_id": job_id, "after": after, "limit": limit}
+        return await self._runner.run(False, _select_events, params)
+
+    async def last_event_seq(self, job_id: str) -> int:
+        seq = await self._runner.run(False, _scalar, _LAST_EVENT_SEQ, {"job_id": job_id})
+        return int(seq or 0)
+
+    async def pending_callbacks(self, limit: int = 1000) -> list[JobRecord]:
+        return await self._runner.run(
+            False, _select_jobs, _SELECT_PENDING_CALLBACKS, {"limit": limit}
+        )
+
+    async def oldest_nonfinal_created_at(self) -> float | None:
+        at = await self._runner.run(False, _scalar, _OLDEST_NONFINAL, {})
+        return None if at is None else float(at)
+
+    async def record_idempotent_answer(self, record: IdempotencyRecord) -> bool:
+        params = {
+            "tenant": record.tenant,
+            "key": record.key,
+            "fingerprint": record.fingerprint,
+            "job_id": record.job_id,
+            "status_code": record.status_code,
+            "response": None if record.response is None else record.response.decode(),
+            "created_at": record.created_at,
+            "expires_at": record.expires_at,
+        }
+        count = await self._runner.run(True, _execute_count, _INSERT_KEY[self._dialect], params)
+        return count == 1
+
+    async def get_idempotency_key(self, tenant: str, key: str) -> IdempotencyRecord | None:
+        return await self._runner.run(False, _select_key, {"k_tenant": tenant, "k_key": key})
+
+    async def forget_idempotency_key(self, tenant: str, key: str) -> None:
+        await self._runner.run(True, _forget_key, {"k_tenant": tenant, "k_key": key})
+
+    async def prune_idempotency_keys(self, now: float, retention_s: float) -> int:
+        return await self._runner.run(True, _prune_keys, now, now - retention_s)
+
+    async def save_asset(self, asset: AssetRecord) -> bool:
+        params = _asset_params(asset)
+        count = await self._runner.run(True, _execute_count, _INSERT_ASSET[self._dialect], params)
+        return count == 1
+
+    async def get_asset(self, tenant: str, asset_id: str) -> AssetRecord | None:
+        return await self._runner.run(False, _select_asset, {"tenant": tenant, "id": asset_id})
 
     async def nonfinal_jobs(self, limit: int = 1000) -> list[JobRecord]:
         return await self._runner.run(False, _select_jobs, _SELECT_NONFINAL, {"limit": limit})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["attempts", "jobs", "metadata"]
+__all__ = ["assets", "attempts", "idempotency_keys", "job_events", "jobs", "metadata"]
 
 metadata = sa.MetaData()
 
@@ -40,6 +40,10 @@ jobs = sa.Table(
     sa.Column("idempotency_key", sa.String(255)),
     sa.Column("request_fingerprint", sa.String(128)),
     sa.Column("callback_url", sa.Text),
+    # Revision 0002: upstream submissions found to duplicate an attempt (crash recovery),
+    # and where the caller's callback stands (pending | delivered | failed).
+    sa.Column("duplicate_submissions", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("callback_state", sa.String(16)),
 )
 sa.Index("ix_jobs_tenant_created", jobs.c.tenant, jobs.c.created_at.desc(), jobs.c.id.desc())
 sa.Index("ix_jobs_status", jobs.c.status)
@@ -77,3 +81,50 @@ attempts = sa.Table(
 # Unique (job_id, seq) doubles as the job_id index and returns attempts already in order.
 sa.Index("uq_attempts_job_seq", attempts.c.job_id, attempts.c.seq, unique=True)
 sa.Index("ix_attempts_provider_upstream", attempts.c.provider, attempts.c.upstream_id)
+sa.Index("ix_jobs_callback_state", jobs.c.callback_state)
+
+# Revision 0002 ---------------------------------------------------------------------------
+
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column(
+        "job_id",
+        sa.String(40),
+        sa.ForeignKey("jobs.id", ondelete="CASCADE", name="fk_job_events_job_id"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("job_id", sa.String(40)),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("response", sa.Text),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+)
+sa.Index("ix_idempotency_keys_expires", idempotency_keys.c.expires_at)
+
+assets = sa.Table(
+    "assets",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("job_id", sa.String(40)),
+    sa.Column("content_type", sa.String(64), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("width", sa.Integer),
+    sa.Column("height", sa.Integer),
+    sa.Column("duration_s", sa.Double),
+    sa.Column("created_at", sa.Double, nullable=False),
+)

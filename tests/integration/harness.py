@@ -75,7 +75,10 @@ def make_config(
     raw = {
         "server": {"port": 0, **(server or {})},
         "routing": routing or {},
-        "storage": {"database_url": database_url or f"sqlite+aiosqlite:///{tmp_path}/sw.db"},
+        "storage": {
+            "database_url": database_url or f"sqlite+aiosqlite:///{tmp_path}/sw.db",
+            "assets": {"path": str(tmp_path / "assets")},
+        },
         "tenants": [
             {"id": "team-a", "api_keys": [hash_key(KEY)], "scopes": ["generate", "read"]},
             {
@@ -133,5 +136,6 @@ async def serve(
         try:
             yield Running(url, client, service)
         finally:
+            service.begin_shutdown()  # ends long-lived streams (status page SSE) first
             server.should_exit = True
             await task

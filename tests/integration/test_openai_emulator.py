@@ -309,5 +309,5 @@ async def test_build_emulator_and_unknown_provider() -> None:
             )
         assert ok.status_code == 200
         assert msgspec.json.decode(ok.content)["object"] == "list"
-    with pytest.raises(NotImplementedError, match="fal"):
-        build_emulator("fal", FaultsConfig())
+    with pytest.raises(NotImplementedError, match="midjourney"):
+        build_emulator("midjourney", FaultsConfig())
