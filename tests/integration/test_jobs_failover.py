@@ -100,7 +100,9 @@ async def test_a_callers_fault_ends_the_job_without_failover(tmp_path: Path) -> 
 
 
 async def test_cancel_ends_a_running_job_and_cancels_it_upstream(tmp_path: Path) -> None:
-    """POST …/cancel on a running job: 200, status canceled, the upstream job canceled."""
+    """POST …/cancel on a running job: 200, status canceled, the upstream job canceled.
+
+    While it runs, the oldest-non-final-job gauge counts its age."""
     config = make_config(tmp_path, providers(), routing={"strategy": "priority"})
     async with serve(config) as running:
         rep = emulator(running, "rep")
@@ -112,6 +114,7 @@ async def test_cancel_ends_a_running_job_and_cancels_it_upstream(tmp_path: Path)
         job_id = created.json()["id"]
         while not rep.jobs:  # the submit is in flight until the emulator has the job
             await asyncio.sleep(0.01)
+        metrics = (await running.client.get("/metrics")).text
         response = await running.client.post(f"/v1/generations/{job_id}/cancel")
         again = await running.client.post(f"/v1/generations/{job_id}/cancel")
         stored = (await running.client.get(f"/v1/generations/{job_id}")).json()
@@ -123,3 +126,9 @@ async def test_cancel_ends_a_running_job_and_cancels_it_upstream(tmp_path: Path)
     assert stored["error"]["code"] == "canceled"
     assert upstream.canceled_at is not None
     assert again.status_code == 409
+    age = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("switchman_jobs_oldest_nonfinal_age_seconds")
+    )
+    assert age > 0, "the running job is the oldest non-final one"
