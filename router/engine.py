@@ -127,6 +127,18 @@ class _Outcome:
     final: bool = False
 
 
+class _NotTheProviders(BaseException):
+    """Carries an error out of a guard permit without charging the provider's breaker.
+
+    The breaker counts only ``Exception``s as provider failures; a ``BaseException``
+    passes through as neutral, and the engine unwraps it right after the permit.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _only_busy_probes(ranking: Ranking) -> bool:
     """Whether some provider would be routable once its half-open probe resolves."""
     return any(e.reason == "probe_busy" for e in ranking.excluded)
@@ -435,6 +447,12 @@ class JobEngine:
         rt = self.registry.get(cand.name)
         if rt is None or rt.drained or rt.guard.admission_reason() is not None:
             return _Outcome(skipped=True)
+        unsupported = rt.adapter.supports(run.request)
+        if unsupported is not None:
+            # The adapter knows limits config does not state (model sizes, durations):
+            # refuse before any call, as if the provider had not been ranked.
+            _log.debug("attempt.unsupported", provider=rt.name, reason=unsupported)
+            return _Outcome(skipped=True)
         job = run.job
         now = self.clock.time()
         attempt = AttemptRecord(
@@ -471,14 +489,30 @@ class JobEngine:
                     job.provider = rt.name
                     job.updated_at = now
                     self._emit_attempt(run, attempt)
-                    await self._write(run, attempt)
+                    try:
+                        await self._write(run, attempt)
+                    except Exception as exc:  # our store, not the provider: spare its breaker
+                        raise _NotTheProviders(exc) from exc
                     budget = min(
                         run.deadline - self.clock.monotonic(), rt.config.timeouts.request_s
                     )
-                    async with asyncio.timeout(max(budget, 0.0)):
-                        result = await rt.adapter.submit(run.request, ctx)
+                    try:
+                        async with asyncio.timeout(max(budget, 0.0)):
+                            result = await rt.adapter.submit(run.request, ctx)
+                    except UpstreamError as exc:
+                        if exc.kind == "auth" and ctx.api_key != rt.config.api_key:
+                            # A tenant's own key was refused: that tenant's problem, not
+                            # the provider's, so other tenants keep using it.
+                            raise _NotTheProviders(exc) from exc
+                        raise
             except GuardRejected:
                 return _Outcome(skipped=True)
+            except _NotTheProviders as wrapped:
+                if not isinstance(wrapped.error, UpstreamError):
+                    raise wrapped.error from None
+                refused = wrapped.error
+                kind, message = refused.kind, refused.message
+                http_status = refused.http_status
             except UpstreamError as exc:
                 kind, message, http_status = exc.kind, exc.message, exc.http_status
                 if exc.kind == "rate_limited":
