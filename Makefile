@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean sandbox system-deps
+.PHONY: run test lint typecheck unit bench bench-deps clean sandbox system-deps
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,21 +30,33 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 ## system-deps: Debian packages some tests drive for real (promtool/Prometheus, Chromium)
+## and the benchmark's nginx peer
 system-deps:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null \
-	    || ! command -v chromium >/dev/null; then \
-	  echo "installing Debian packages: prometheus chromium"; \
+	    || ! command -v chromium >/dev/null \
+	    || ! { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; }; then \
+	  echo "installing Debian packages: prometheus chromium nginx"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	    --no-install-recommends prometheus chromium >/dev/null; \
+	    --no-install-recommends prometheus chromium nginx >/dev/null; \
 	fi
 
 ## test: lint, type-check and the whole suite
 test: system-deps lint typecheck unit
 
-## bench: benchmarks (not part of `make test`); writes docs/BENCHMARKS.md
-bench: $(STAMP)
-	$(BIN)/python -m tests.bench.run
+## bench: benchmarks (not part of `make test`); writes docs/BENCHMARKS.md (~17 min;
+## BENCH_ARGS=--quick for a ~5 min smoke run). LiteLLM goes into .bench/litellm-venv.
+bench: $(STAMP) bench-deps
+	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
+
+## bench-deps: only the Debian package the benchmark needs (nginx, the plain-proxy peer)
+bench-deps:
+	@if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then \
+	  echo "installing Debian package: nginx"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends nginx >/dev/null; \
+	fi
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) .bench .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -11,7 +11,7 @@ import math
 import os
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from time import perf_counter
 from typing import Any
 
@@ -56,6 +56,8 @@ class _Head(msgspec.Struct):
 
 
 _decode_head = msgspec.json.Decoder(_Head).decode
+#: How long an idempotency lock outlives a replica that died holding it.
+_IDEMPOTENCY_LOCK_TTL_S = 30.0
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _NO_STORE = (b"cache-control", b"no-store")
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
@@ -112,6 +114,22 @@ def _answer_response(answer: Answer, wait_s: float | None) -> Response[bytes]:
     )
 
 
+def _idempotency_lock(
+    service: Service, tenant: str, key: str | None
+) -> AbstractAsyncContextManager[None]:
+    """The shared lock on a new ``Idempotency-Key`` while its job is admitted.
+
+    Only with ``storage.redis_url``, and only for a key not seen before (a replay never
+    gets here). It fails closed: Redis unreachable is 503 with ``Retry-After``
+    (``SharedStateUnavailable``) rather than a risk of a duplicate, and a key held by a
+    request on another replica is 409 (``IdempotencyLockBusy``). A request without a
+    key never touches it, so it is served while Redis is down.
+    """
+    if key is None or service.shared_state is None:
+        return nullcontext()
+    return service.shared_state.idempotency_lock(tenant, key, _IDEMPOTENCY_LOCK_TTL_S)
+
+
 @post("/v1/generations", status_code=202, summary="Create a generation job")
 async def create_generation(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Route a generation to the best provider; ``Prefer: wait=N`` holds the response.
@@ -141,7 +159,10 @@ async def create_generation(request: Request[Any, Any, Any]) -> Response[bytes]:
     trace = {k: v for k in ("traceparent", "tracestate") if (v := headers.get(k))}
 
     async def create(key: str | None = None, fp: str | None = None) -> Answer:
-        async with tenants.admission(service, principal.tenant, gen) as created:
+        async with (
+            _idempotency_lock(service, principal.tenant, key),
+            tenants.admission(service, principal.tenant, gen) as created,
+        ):
             job = await engine.submit(
                 principal.tenant,
                 gen,

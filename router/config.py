@@ -109,6 +109,9 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     assets: AssetsConfig = AssetsConfig()
     #: How long an ``Idempotency-Key`` and its first answer are kept (Stripe: 24 h).
     idempotency_retention_s: Positive = 86_400.0
+    #: How long a replica owns a non-final job without renewing (it renews every third
+    #: of it); a killed replica's jobs are taken over by another after this long.
+    lease_s: Annotated[float, msgspec.Meta(ge=0.3)] = 15.0
 
 
 class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

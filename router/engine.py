@@ -33,6 +33,17 @@ Restart (:meth:`JobEngine.resume`) re-drives every non-final job from the store:
   fails over. Should the provider have accepted it after all, its webhook later reveals
   the duplicate: the engine records it on the attempt and the job
   (``duplicate_submissions``) and cancels it upstream.
+
+Several replicas on one PostgreSQL (:meth:`JobEngine.enable_leases`): a replica owns
+the non-final jobs it creates or claims under a lease in the store
+(``storage.lease_s``), renews them all in one statement every third of it, and claims
+(every third of it, jittered) the non-final jobs whose lease expired, e.g. those of a
+killed replica, resuming each exactly as at restart above. The store fences every job
+update on ownership (:class:`~router.store.LeaseLost`), and an attempt is written before
+its submit, so a replica that lost a job can never submit it a second time; it stops
+the job at its next write or renewal, whichever comes first. A cancel through another
+replica takes the job over, cancels it upstream and ends it ``canceled``. A graceful
+stop releases the leases so another replica takes the jobs over at once.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ import asyncio
 import contextlib
 import random
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -68,6 +79,7 @@ from router.store import (
     EventRecord,
     JobRecord,
     JobStore,
+    LeaseLost,
     new_attempt_id,
     new_job_id,
     to_api_attempt,
@@ -149,6 +161,10 @@ class JobEngine:
 
     #: Tenant keys and usage settlement (``router.tenants``), set by the service.
     tenancy: EngineHooks | None = None
+    #: The replica id this engine owns jobs as (:meth:`enable_leases`); ``None``: no leases.
+    lease_owner: str | None = None
+    lease_s: float = 15.0
+    _lease_task: asyncio.Task[None] | None = None
 
     def __init__(
         self,
@@ -328,6 +344,10 @@ class JobEngine:
             raise
         except DuplicateIdempotencyKey as exc:
             run.key_taken = exc  # nothing was written or submitted: the caller answers
+        except LeaseLost as exc:
+            # Another replica owns the job now (took it over, or canceled it through
+            # itself): stop here, writing nothing more; it is that replica's job.
+            _log.warning("job.lease_lost", owner=exc.owner)
         except Exception as exc:  # a bug must not leave a job hanging forever
             _log.exception("job.crashed", error=type(exc).__name__)
             if run.persisted.is_set() and job.status not in FINAL_STATUSES:
@@ -845,36 +865,110 @@ class JobEngine:
 
     # ------------------------------------------------------------------ resume
 
-    async def resume(self) -> int:
-        """Re-drive every non-final job in the store; returns how many were resumed.
+    async def resume(self, *, take_all: bool = False, take_from: Sequence[str] = ()) -> int:
+        """Re-drive the non-final jobs in the store; returns how many were resumed.
 
         Called once at start, before requests are served; the jobs run in their own
-        tasks, so this returns at once.
+        tasks, so this returns at once. Without leases every non-final job is resumed;
+        with leases only those claimed: whose lease expired or that nobody owns, those
+        of the owners in ``take_from`` (known dead, e.g. this replica's previous
+        process), or every one with ``take_all`` (a lone SQLite replica: their owner
+        was this file's previous process).
         """
-        jobs = await self.store.nonfinal_jobs(limit=100_000)
+        if self.lease_owner is None:
+            jobs = await self.store.nonfinal_jobs(limit=100_000)
+        else:
+            jobs = []
+            for dead in take_from:
+                jobs += await self.store.claim_jobs(self.lease_owner, self.lease_s, from_owner=dead)
+            jobs += await self.store.claim_jobs(
+                self.lease_owner, self.lease_s, limit=100_000, expired_only=not take_all
+            )
         count = 0
         for job in jobs:
-            if job.id in self._runs:
-                continue
-            try:
-                request = _decode_request(job.request)
-            except msgspec.DecodeError:
-                _log.error("job.unresumable", job_id=job.id)
-                continue
-            left = job.deadline_at - self.clock.time()
-            run = _Run(
-                job=job,
-                request=request,
-                deadline=self.clock.monotonic() + left,
-                trace_headers={},
-            )
-            run.persisted.set()
-            run.event_seq = await self.store.last_event_seq(job.id)
-            self._runs[job.id] = run
-            run.task = asyncio.create_task(self._run_job(run, resumed=True), name=f"job {job.id}")
-            count += 1
+            count += await self._resume_job(job)
         if count:
             _log.info("engine.resumed", jobs=count)
+        return count
+
+    async def _resume_job(self, job: JobRecord) -> bool:
+        """Start a task that continues ``job`` (see :meth:`_resume_chain`)."""
+        if job.id in self._runs:
+            return False
+        try:
+            request = _decode_request(job.request)
+        except msgspec.DecodeError:
+            _log.error("job.unresumable", job_id=job.id)
+            return False
+        left = job.deadline_at - self.clock.time()
+        run = _Run(
+            job=job,
+            request=request,
+            deadline=self.clock.monotonic() + left,
+            trace_headers={},
+        )
+        run.persisted.set()
+        run.event_seq = await self.store.last_event_seq(job.id)
+        if job.id in self._runs:
+            return False
+        self._runs[job.id] = run
+        run.task = asyncio.create_task(self._run_job(run, resumed=True), name=f"job {job.id}")
+        return True
+
+    # ------------------------------------------------------------------ leases
+
+    def enable_leases(self, owner: str, lease_s: float) -> None:
+        """Own jobs as replica ``owner``: created jobs are claimed, updates fenced."""
+        self.lease_owner = owner
+        self.lease_s = lease_s
+        self.store.use_leases(owner, lease_s)
+
+    def start_lease_loop(self) -> None:
+        """Renew this replica's leases and take over expired ones, every ~lease_s/3."""
+        if self.lease_owner is not None and self._lease_task is None:
+            self._lease_task = asyncio.create_task(self._keep_leases(), name="leases")
+
+    async def _keep_leases(self) -> None:
+        while True:
+            # Jittered below a third, so replicas started together do not claim in step
+            # and a lease is renewed at least twice before it could expire.
+            await asyncio.sleep(self.lease_s / 3 * (0.8 + 0.2 * self.rng.random()))
+            try:
+                await self.renew_leases()
+            except Exception as exc:  # the store may be briefly away: the lease has slack
+                _log.warning("lease.renew_failed", error=type(exc).__name__)
+            try:
+                await self.take_over()
+            except Exception as exc:
+                _log.warning("lease.takeover_failed", error=type(exc).__name__)
+
+    async def renew_leases(self) -> set[str]:
+        """Renew the leases of the jobs running here in one statement; stop (without a
+        write) those another replica holds now. Returns the ids of the jobs stopped."""
+        owner = self.lease_owner
+        if owner is None:
+            return set()
+        ids = [jid for jid, run in self._runs.items() if run.persisted.is_set()]
+        kept = await self.store.renew_leases(owner, ids, self.lease_s)
+        lost = set(ids) - kept
+        for job_id in lost:
+            run = self._runs.get(job_id)
+            if run is not None and run.task is not None and not run.task.done():
+                _log.warning("job.lease_lost", job_id=job_id)
+                run.task.cancel()
+        return lost
+
+    async def take_over(self, limit: int = 100) -> int:
+        """Claim non-final jobs whose lease expired and resume them here; how many."""
+        owner = self.lease_owner
+        if owner is None:
+            return 0
+        jobs = await self.store.claim_jobs(owner, self.lease_s, limit=limit)
+        count = 0
+        for job in jobs:
+            count += await self._resume_job(job)
+        if count:
+            _log.info("lease.taken_over", jobs=count)
         return count
 
     async def _resume_chain(self, run: _Run) -> None:
@@ -1033,6 +1127,13 @@ class JobEngine:
         job = await self.store.get_job(tenant, job_id)
         if job is None or job.status in FINAL_STATUSES:
             return job
+        if self.lease_owner is not None:
+            # Another replica runs it: take it over, so that replica's next write fails
+            # (LeaseLost) and its next renewal stops the job; then end it here.
+            taken = await self.store.take_job(tenant, job_id, self.lease_owner, self.lease_s)
+            if taken is None:  # it ended meanwhile
+                return await self.store.get_job(tenant, job_id)
+            job = taken
         detached = _Run(
             job=job,
             request=_decode_request(job.request),
@@ -1141,6 +1242,11 @@ class JobEngine:
         ``grace_s`` to finish, so its upstream id is recorded rather than unknown.
         """
         self._closing = True
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+            self._lease_task = None
         for run in self._runs.values():
             run.wakeup.set()
         tasks = [r.task for r in self._runs.values() if r.task is not None]
@@ -1152,6 +1258,14 @@ class JobEngine:
         for task in [*tasks, *background]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.lease_owner is not None:
+            # Hand the jobs left non-final to another replica now, not after lease_s.
+            try:
+                released = await self.store.release_leases(self.lease_owner)
+            except Exception as exc:  # they are taken over when the leases expire
+                _log.warning("lease.release_failed", error=type(exc).__name__)
+            else:
+                _log.info("lease.released", jobs=released)
 
 
 def _outcome_was_unknown(attempt: AttemptRecord) -> bool:

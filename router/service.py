@@ -7,7 +7,11 @@ sandbox emulators, job tasks) and starts and stops them in order.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import secrets
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,46 @@ class ReloadResult:
     restart_required: tuple[str, ...]
 
 
+def new_replica_id() -> str:
+    """This process's name as a job owner: host, pid and a random part (a restarted
+    container may reuse both host and pid, and must not inherit its predecessor's
+    leases while they run)."""
+    return f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def dead_predecessors(owners: Sequence[str], me: str) -> list[str]:
+    """The ``owners`` that were processes on this host and no longer run.
+
+    Their jobs can be taken at once instead of after their leases expire, which makes a
+    restarted replica (a crash, a container restart) resume its jobs immediately. An
+    owner on this host with this process's pid is dead (one pid, one live process); a
+    pid that was reused by another process reads as alive, which only delays the
+    takeover. Replicas must not share a hostname (each Kubernetes pod has its own); if
+    they do, the worst case is a needless takeover: updates are fenced by the store, so
+    a job is still never submitted twice.
+    """
+    host = me.rsplit(":", 2)[0]
+    dead = []
+    for owner in owners:
+        parts = owner.rsplit(":", 2)
+        if owner == me or len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid == os.getpid() or not _pid_alive(pid):
+            dead.append(owner)
+    return dead
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def _restart_required(old: Config, new: Config) -> list[str]:
     fields: list[str] = []
     for name in old.server.__struct_fields__:
@@ -100,6 +144,8 @@ class Service:
     webhook_replay: ReplayGuard = field(init=False)
     #: ``Idempotency-Key`` handling for ``POST /v1/generations`` (set at start).
     idempotency: IdempotencyKeys | None = None
+    #: The owner name of the jobs this replica runs (``router.engine``, leases).
+    replica_id: str = field(default_factory=new_replica_id)
     _housekeeping: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _oldest_nonfinal_at: float | None = field(default=None, init=False, repr=False)
     _status_event: asyncio.Event = field(init=False, repr=False)
@@ -334,8 +380,14 @@ class Service:
         self.idempotency = IdempotencyKeys(
             self.store, self.clock, config.storage.idempotency_retention_s
         )
-        await self.engine.resume()
+        self.engine.enable_leases(self.replica_id, config.storage.lease_s)
+        # SQLite is one replica's file: whatever jobs it holds, their owner was this
+        # file's previous process, so take them all at once instead of after lease_s.
+        lone = config.storage.database_url.startswith("sqlite")
+        dead = [] if lone else dead_predecessors(await self.store.lease_owners(), self.replica_id)
+        await self.engine.resume(take_all=lone, take_from=dead)
         await self.engine.resume_callbacks()
+        self.engine.start_lease_loop()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
 
     async def _housekeep(self, every_s: float = 30.0) -> None:

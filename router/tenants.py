@@ -312,6 +312,7 @@ class Tenancy:
         )
         self._tenants = {t.id: t for t in config.tenants}
         self._refresher: asyncio.Task[None] | None = None
+        self._settling: set[asyncio.Task[None]] = set()
         #: The SSRF-guarded client callbacks are sent with (see :func:`guard_callbacks`).
         self.callback_http: httpx.AsyncClient | None = None
 
@@ -325,7 +326,9 @@ class Tenancy:
         self._refresher = asyncio.create_task(self._refresh_loop(), name="credentials refresh")
 
     async def stop(self) -> None:
-        """Stop the refresher."""
+        """Stop the refresher; finish recording spend already under way."""
+        if self._settling:
+            await asyncio.wait(list(self._settling), timeout=5)
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -401,6 +404,15 @@ class Tenancy:
                 retry_after_s=wait,
             )
 
+    def unlimited(self, tenant: str) -> bool:
+        """Whether ``tenant`` has neither a budget nor an in-flight cap.
+
+        Such tenants reserve nothing at admission (no store write on the request
+        path); their spend is added after each job ends, off the response path.
+        """
+        cfg = self._tenants.get(tenant)
+        return cfg is None or (cfg.max_inflight is None and cfg.budget_usd_per_month is None)
+
     async def admit(self, tenant: str, estimate_usd: float) -> Reservation:
         """Take an in-flight slot and reserve ``estimate_usd`` (409/402 when over a limit).
 
@@ -433,6 +445,12 @@ class Tenancy:
         _CURRENT.set(res)
         return res
 
+    async def _add_spend(self, tenant: str, cost_usd: float) -> None:
+        try:
+            await self.store.add_spend(tenant, month_of(self.clock.time()), cost_usd)
+        except Exception as exc:
+            _log.warning("tenant.spend_failed", error=type(exc).__name__)
+
     async def admitted(self, reservation: Reservation, job_id: str | None) -> None:
         """After ``engine.submit``: link the reservation to its job, or release it."""
         _CURRENT.set(None)
@@ -463,6 +481,11 @@ class Tenancy:
 
     async def job_finished(self, job: JobRecord) -> None:
         """See :class:`EngineHooks`: settle the job's reservation with its real cost."""
+        if self.unlimited(job.tenant):
+            task = asyncio.create_task(self._add_spend(job.tenant, job.cost_usd))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+            return
         current = _CURRENT.get()
         rid = current.id if current is not None and current.tenant == job.tenant else None
         try:
@@ -617,7 +640,7 @@ async def admission(
     called, the reservation is released.
     """
     tenancy = _tenancy_of(service)
-    if tenancy is None or service.registry is None:
+    if tenancy is None or service.registry is None or tenancy.unlimited(tenant):
         yield lambda _job_id: None
         return
     reservation = await tenancy.admit(tenant, estimate_cost(request, service.registry))

@@ -14,7 +14,7 @@ from router.store.records import (
     to_api_attempt,
     to_api_job,
 )
-from router.store.sql import InvalidCursor, SqlJobStore, UnknownJob, open_store
+from router.store.sql import InvalidCursor, LeaseLost, SqlJobStore, UnknownJob, open_store
 
 __all__ = [
     "AssetRecord",
@@ -25,6 +25,7 @@ __all__ = [
     "InvalidCursor",
     "JobRecord",
     "JobStore",
+    "LeaseLost",
     "SqlJobStore",
     "StoreError",
     "UnknownJob",

@@ -191,6 +191,13 @@ _SELECT_USAGE: Final = sa.select(_U.c.spent_usd, _U.c.reserved_usd, _U.c.jobs).w
     _U.c.tenant == sa.bindparam("t"), _U.c.period == sa.bindparam("p")
 )
 _SELECT_INFLIGHT: Final = sa.select(_I.c.inflight).where(_I.c.tenant == sa.bindparam("t"))
+_JOBS: Final = sa.table("jobs", sa.column("tenant"), sa.column("status"))
+#: Jobs not yet final: the in-flight count of tenants whose admission reserves nothing.
+_SELECT_NONFINAL_JOBS: Final = (
+    sa.select(sa.func.count())
+    .select_from(_JOBS)
+    .where(_JOBS.c.tenant == sa.bindparam("t"), _JOBS.c.status.in_(("queued", "running")))
+)
 _SELECT_CREDS: Final = sa.select(_C).where(_C.c.tenant == sa.bindparam("t"))
 _SELECT_CRED: Final = _SELECT_CREDS.where(_C.c.provider == sa.bindparam("p"))
 
@@ -283,6 +290,15 @@ def _settle(
     return True
 
 
+def _add_spend(conn: Connection, tenant: str, period: str, cost: float) -> None:
+    _ensure_rows(conn, tenant, period)
+    conn.execute(
+        _U.update()
+        .where(_U.c.tenant == tenant, _U.c.period == period)
+        .values(spent_usd=_U.c.spent_usd + cost, jobs=_U.c.jobs + 1)
+    )
+
+
 def _cancel(conn: Connection, reservation_id: str) -> bool:
     row = _claim(conn, _R.c.id == reservation_id)
     if row is None:
@@ -293,7 +309,9 @@ def _cancel(conn: Connection, reservation_id: str) -> bool:
 
 def _usage(conn: Connection, tenant: str, period: str) -> UsageRow:
     row = conn.execute(_SELECT_USAGE, {"t": tenant, "p": period}).first()
-    inflight = conn.execute(_SELECT_INFLIGHT, {"t": tenant}).scalar() or 0
+    reserved_slots = conn.execute(_SELECT_INFLIGHT, {"t": tenant}).scalar() or 0
+    running_jobs = conn.execute(_SELECT_NONFINAL_JOBS, {"t": tenant}).scalar() or 0
+    inflight = max(int(reserved_slots), int(running_jobs))
     if row is None:
         return UsageRow(0.0, 0.0, 0, int(inflight))
     return UsageRow(float(row[0]), float(row[1]), int(row[2]), int(inflight))
@@ -465,6 +483,10 @@ class TenantStore:
     ) -> bool:
         """Release a job's reservation and add its real cost; ``False`` if already settled."""
         return await self._runner.run(True, _settle, reservation_id, job_id, cost_usd, period)
+
+    async def add_spend(self, tenant: str, period: str, cost_usd: float) -> None:
+        """Add a finished job's cost for a tenant that reserves nothing at admission."""
+        await self._runner.run(True, _add_spend, tenant, period, cost_usd)
 
     async def cancel(self, reservation_id: str) -> bool:
         """Release a reservation whose job was never created."""

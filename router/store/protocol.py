@@ -141,3 +141,44 @@ class JobStore(Protocol):
     async def find_by_upstream_id(self, provider: str, upstream_id: str) -> JobRecord | None:
         """The job owning the attempt ``provider`` knows as ``upstream_id`` (for webhooks)."""
         ...
+
+    # -- leases: which replica runs a non-final job (several replicas on one database)
+
+    def use_leases(self, owner: str | None, lease_s: float = 15.0) -> None:
+        """Create jobs owned by ``owner`` for ``lease_s`` and refuse updates to jobs that
+        another replica owns (raising ``LeaseLost``); ``None`` turns this off."""
+        ...
+
+    async def claim_jobs(
+        self,
+        owner: str,
+        lease_s: float,
+        *,
+        limit: int = 100,
+        expired_only: bool = True,
+        from_owner: str | None = None,
+        now: float | None = None,
+    ) -> list[JobRecord]:
+        """Take up to ``limit`` non-final jobs whose lease expired (or that nobody owns);
+        ``from_owner``: every non-final job of that (dead) owner."""
+        ...
+
+    async def lease_owners(self) -> list[str]:
+        """The replicas that own non-final jobs."""
+        ...
+
+    async def renew_leases(
+        self, owner: str, job_ids: Sequence[str], lease_s: float, *, now: float | None = None
+    ) -> set[str]:
+        """Extend ``owner``'s leases on ``job_ids``; the ids it still owns."""
+        ...
+
+    async def release_leases(self, owner: str, *, now: float | None = None) -> int:
+        """Expire ``owner``'s leases now (graceful shutdown); returns how many."""
+        ...
+
+    async def take_job(
+        self, tenant: str, job_id: str, owner: str, lease_s: float, *, now: float | None = None
+    ) -> JobRecord | None:
+        """Take a non-final job from any owner (cancel); ``None`` when final or absent."""
+        ...

@@ -44,6 +44,10 @@ jobs = sa.Table(
     # and where the caller's callback stands (pending | delivered | failed).
     sa.Column("duplicate_submissions", sa.Integer, nullable=False, server_default="0"),
     sa.Column("callback_state", sa.String(16)),
+    # Revision 0004: the replica running a non-final job and when its lease ends, in
+    # unix seconds of the database's clock (see ``router.store.sql``, leases).
+    sa.Column("owner", sa.String(128)),
+    sa.Column("lease_until", sa.Double),
 )
 sa.Index("ix_jobs_tenant_created", jobs.c.tenant, jobs.c.created_at.desc(), jobs.c.id.desc())
 sa.Index("ix_jobs_status", jobs.c.status)

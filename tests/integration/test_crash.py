@@ -122,7 +122,8 @@ def write_config(tmp_path: Path, port: int, database_url: str, upstreams: Any) -
         "rate_limit": {"requests": 2000, "per_s": 1, "max_concurrency": 400},
         "timeouts": {"connect_s": 2, "request_s": 10, "job_s": 90},
         # stall_s bounds the wait for the webhook that reconciles an unknown submit.
-        "poll": {"interval_s": 0.3, "max_interval_s": 1.0, "stall_s": 6},
+        # Restarts take 2-3 s and the emulator backs off its webhook retries meanwhile.
+        "poll": {"interval_s": 0.3, "max_interval_s": 1.0, "stall_s": 15},
         "breaker": {"fail_max": 1000, "reset_timeout_s": 1},
     }
     replicate = {
