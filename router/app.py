@@ -23,7 +23,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import NoOpTracer, SpanKind
 
 from metrics.tracing import extract_context
 from router import api_admin, api_assets, api_credentials, api_usage, api_webhooks, tenants, ui
@@ -381,9 +381,16 @@ class RequestContextMiddleware:
 
         tracer = service.tracer
         assert tracer is not None
+        method = http["method"]
+        if isinstance(tracer, NoOpTracer):  # tracing off: no span bookkeeping per request
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                route = http.get("path_template") or "unmatched"
+                service.metrics.observe_http(route, method, status, perf_counter() - started)
+            return
         # Only parse a caller's trace context when there is one: most calls have none.
         ctx = extract_context({"traceparent": traceparent}) if traceparent else None
-        method = http["method"]
         with tracer.start_as_current_span(method, context=ctx, kind=SpanKind.SERVER) as span:
             try:
                 await self.app(scope, receive, send_wrapper)

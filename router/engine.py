@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Final
 import httpx
 import msgspec
 import structlog
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import INVALID_SPAN, NoOpTracer, Tracer
 
 from breakers import GuardRejected, RetryBudget
 from breakers.clock import Clock
@@ -185,6 +185,8 @@ class JobEngine:
         events: EventHub | None = None,
     ) -> None:
         self.tracer = tracer
+        #: With the no-op tracer, span bookkeeping (context attach/detach) is skipped.
+        self._tracing = not isinstance(tracer, NoOpTracer)
         self.config = config
         self.registry = registry
         self.store = store
@@ -495,10 +497,17 @@ class JobEngine:
                 {"at": now, "job_id": job.id, "from": job.provider, "to": rt.name, "reason": reason}
             )
             _log.info("job.failed_over", provider=rt.name, previous=job.provider, reason=reason)
-        with attempt_span(self.tracer, rt.name, job.kind, seq) as span:
-            # The upstream sees this attempt's span as its parent (W3C traceparent).
+        spans = (
+            attempt_span(self.tracer, rt.name, job.kind, seq)
+            if self._tracing
+            else contextlib.nullcontext(INVALID_SPAN)
+        )
+        with spans as span:
             trace_headers: dict[str, str] = {}
-            inject_headers(trace_headers)
+            if self._tracing:  # the upstream sees this attempt's span as its parent
+                inject_headers(trace_headers)
+            else:  # tracing off: pass the caller's trace context through untouched
+                trace_headers.update(run.trace_headers)
             ctx = self._context(run, rt, attempt, trace_headers)
             try:
                 async with rt.guard.attempt():

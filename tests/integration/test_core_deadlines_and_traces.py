@@ -72,3 +72,17 @@ async def test_bad_request_timeout_header_is_a_problem(tmp_path: Path) -> None:
         r = await running.generate(X_Request_Timeout="soon")
     assert r.status_code == 400
     assert r.json()["errors"][0]["field"] == "X-Request-Timeout"
+
+
+async def test_with_tracing_off_the_callers_trace_context_passes_through(tmp_path: Path) -> None:
+    """No tracer configured: the caller's traceparent reaches the provider unchanged."""
+    sent = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
+    config = make_config(tmp_path, [{"name": "only", "faults": {}}])
+    async with serve(config) as running:  # the default: OTEL_TRACES_EXPORTER unset
+        r = await running.generate(traceparent=sent, tracestate="vendor=1")
+        seen = running.emulator("only").stats.last("/v1/images/generations")
+    assert r.status_code == 200
+    assert seen is not None
+    headers = {k.lower(): v for k, v in seen.headers.items()}
+    assert headers["traceparent"] == sent
+    assert headers["tracestate"] == "vendor=1"
