@@ -55,6 +55,7 @@ from router.adapters.base import (
     SubmitResult,
     WebhookEvent,
 )
+from router.adapters.capabilities import capability_problem
 from router.adapters.http_util import parse_rate_limit, parse_retry_after, safe_json
 from router.adapters.webhook_sigs import ed25519_keys_from_jwks, header, verify_fal
 from router.config import ProviderConfig
@@ -219,25 +220,7 @@ class FalAdapter:
         caps = self.config.capabilities
         if request.kind == "video" and request.n > 1:
             return "fal video models produce one video per request"
-        if caps.max_n is not None and request.n > caps.max_n:
-            return f"at most {caps.max_n} outputs per request"
-        if caps.max_width is not None and (request.width or 0) > caps.max_width:
-            return f"width above {caps.max_width}"
-        if caps.max_height is not None and (request.height or 0) > caps.max_height:
-            return f"height above {caps.max_height}"
-        if (
-            caps.max_duration_s is not None
-            and request.duration_s is not None
-            and request.duration_s > caps.max_duration_s
-        ):
-            return f"duration above {caps.max_duration_s}s"
-        if (
-            request.aspect_ratio is not None
-            and caps.aspect_ratios is not None
-            and request.aspect_ratio not in caps.aspect_ratios
-        ):
-            return f"aspect ratio {request.aspect_ratio} not offered"
-        return None
+        return capability_problem(caps, request)
 
     def _duration(self, request: GenerationRequest) -> float:
         return float(round(request.duration_s or self.options.default_duration_s))

@@ -57,6 +57,7 @@ from router.adapters.base import (
     UpstreamStatus,
     WebhookEvent,
 )
+from router.adapters.capabilities import capability_problem
 from router.adapters.http_util import parse_retry_after, safe_json
 from router.config import ProviderConfig
 from router.errors import ConfigError, ErrorKind, UpstreamError
@@ -342,24 +343,8 @@ class HttpAdapter:
         if request.kind not in self.config.kinds:
             return f"{self.config.name} does not serve {request.kind}"
         caps = self.config.capabilities
-        if caps.max_n is not None and request.n > caps.max_n:
-            return f"at most {caps.max_n} outputs per request"
-        if caps.max_width is not None and (request.width or 0) > caps.max_width:
-            return f"width above {caps.max_width}"
-        if caps.max_height is not None and (request.height or 0) > caps.max_height:
-            return f"height above {caps.max_height}"
-        if (
-            caps.max_duration_s is not None
-            and request.duration_s is not None
-            and request.duration_s > caps.max_duration_s
-        ):
-            return f"duration above {caps.max_duration_s}s"
-        if (
-            request.aspect_ratio is not None
-            and caps.aspect_ratios is not None
-            and request.aspect_ratio not in caps.aspect_ratios
-        ):
-            return f"aspect ratio {request.aspect_ratio} not offered"
+        if (problem := capability_problem(caps, request)) is not None:
+            return problem
         values = self._values(request, None)
         for field in self._path_fields & SUBMIT_FIELDS - {"job_id", "attempt_id"}:
             if values.get(field) is None:

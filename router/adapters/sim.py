@@ -27,6 +27,7 @@ from router.adapters.base import (
     SubmitResult,
     WebhookEvent,
 )
+from router.adapters.capabilities import capability_problem
 from router.config import ProviderConfig
 from router.errors import ConfigError, ErrorKind, UpstreamError
 from router.models import GenerationRequest, Output
@@ -70,19 +71,7 @@ class SimAdapter:
         if request.kind not in self.config.kinds:
             return f"{self.config.name} does not serve {request.kind}"
         caps = self.config.capabilities
-        if caps.max_n is not None and request.n > caps.max_n:
-            return f"at most {caps.max_n} outputs per request"
-        if caps.max_width is not None and (request.width or 0) > caps.max_width:
-            return f"width above {caps.max_width}"
-        if caps.max_height is not None and (request.height or 0) > caps.max_height:
-            return f"height above {caps.max_height}"
-        if (
-            caps.max_duration_s is not None
-            and request.duration_s is not None
-            and request.duration_s > caps.max_duration_s
-        ):
-            return f"duration above {caps.max_duration_s}s"
-        return None
+        return capability_problem(caps, request)
 
     def estimate_cost(self, request: GenerationRequest) -> float:
         cost = self.config.cost
