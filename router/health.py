@@ -66,6 +66,14 @@ class ProviderStats:
             self._bad *= factor
         self._last = now
 
+    def forgive(self) -> None:
+        """Forget past failures: the provider proved itself healthy again.
+
+        Called when a half-open probe closes the breaker; otherwise the outage's
+        failures would keep its health low (and its traffic away) long after recovery.
+        """
+        self._bad = 0.0
+
     def record(self, kind: str, ok: bool, latency_s: float | None = None) -> None:
         """Count one provider outcome; ``latency_s`` (if given) feeds ``kind``'s estimates."""
         self._decay()

@@ -19,6 +19,10 @@ from strategies.snapshot import Capabilities, Cost, ProviderSnapshot, Snapshot
 
 __all__ = ["ProviderRegistry", "ProviderRuntime"]
 
+#: How fast old outcomes fade from a provider's success ratio. Short enough that a
+#: recovered provider wins its traffic back within tens of seconds (chaos bench).
+_HEALTH_HALF_LIFE_S = 10.0
+
 
 @dataclass(slots=True)
 class ProviderRuntime:
@@ -161,7 +165,7 @@ class ProviderRegistry:
                     on_transition=on_transition,
                     shared=shared.provider(cfg) if shared is not None else None,
                 ),
-                stats=ProviderStats(clock),
+                stats=ProviderStats(clock, half_life_s=_HEALTH_HALF_LIFE_S),
                 capabilities=_capabilities(cfg),
                 cost=Cost(cfg.cost.per_image_usd, cfg.cost.per_video_s_usd),
             )

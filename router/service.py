@@ -354,6 +354,10 @@ class Service:
         return result
 
     def _on_breaker_transition(self, provider: str, old: str, new: str) -> None:
+        if new == "closed" and old == "half_open" and self.registry is not None:
+            rt = self.registry.get(provider)
+            if rt is not None:
+                rt.stats.forgive()  # a probe succeeded: the outage is over
         self.status_changed()
         if self.engine is not None:
             self.engine.breaker_changed()

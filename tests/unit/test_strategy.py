@@ -209,23 +209,24 @@ def test_balanced_prefers_the_healthier_provider() -> None:
 
 
 def test_balanced_prefers_the_faster_provider() -> None:
-    """The fastest known latency scores 1, slower ones proportionally less."""
+    """The fastest known latency scores 1, slower ones less: (best + 0.1 s) / (own + 0.1 s)."""
     ranking = rank(
         provider("slow", latency_ewma_s={"image": 4.0}),
         provider("fast", latency_ewma_s={"image": 1.0}),
     )
     assert ranking.names == ("fast", "slow")
     by_name = {c.name: c for c in ranking.candidates}
-    assert by_name["slow"].components["latency"] == pytest.approx(0.25)
+    assert by_name["slow"].components["latency"] == pytest.approx(1.1 / 4.1)
     assert by_name["fast"].expected_latency_s == 1.0
 
 
-def test_balanced_gives_unknown_latency_a_neutral_component() -> None:
-    """A provider with no latency data is neither best nor worst on latency."""
-    ranking = rank(provider("new"), provider("known", latency_ewma_s={"image": 1.0}))
+def test_balanced_explores_a_provider_with_no_latency_data() -> None:
+    """An unmeasured provider scores as fast as the best, so a slow known one cannot hide it."""
+    ranking = rank(provider("new"), provider("known-slow", latency_ewma_s={"image": 1.5}))
     new = next(c for c in ranking.candidates if c.name == "new")
-    assert new.components["latency"] == 0.5
+    assert new.components["latency"] == 1.0
     assert new.expected_latency_s is None
+    assert ranking.names[0] == "new"
 
 
 def test_balanced_prefers_the_cheaper_provider() -> None:
@@ -249,9 +250,9 @@ def test_balanced_prefers_the_less_loaded_provider() -> None:
 
 
 def test_balanced_load_without_a_cap_decays_with_inflight() -> None:
-    """With no concurrency cap the load component is 1 / (1 + in-flight)."""
-    ranking = rank(provider("a", inflight=3))
-    assert ranking.candidates[0].components["load"] == pytest.approx(0.25)
+    """With no concurrency cap the load component is 1 / (1 + in-flight / 8)."""
+    ranking = rank(provider("a", inflight=8))
+    assert ranking.candidates[0].components["load"] == pytest.approx(0.5)
 
 
 def test_low_token_headroom_lowers_health() -> None:
@@ -328,15 +329,15 @@ def test_cheapest_breaks_price_ties_by_health() -> None:
     assert ranking.names == ("solid", "flaky")
 
 
-def test_fastest_orders_by_latency_with_unknown_last() -> None:
-    """``fastest`` sorts by EWMA latency; providers with no data go after known ones."""
+def test_fastest_orders_by_latency_exploring_unknown_first() -> None:
+    """``fastest`` sorts by EWMA latency; a provider with no data is tried first, once."""
     ranking = rank(
         provider("unknown"),
         provider("slow", latency_ewma_s={"image": 9.0}),
         provider("fast", latency_ewma_s={"image": 1.0}),
         policy="fastest",
     )
-    assert ranking.names == ("fast", "slow", "unknown")
+    assert ranking.names == ("unknown", "fast", "slow")
 
 
 def test_priority_orders_by_operator_priority_then_config_order() -> None:
