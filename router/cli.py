@@ -64,6 +64,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_config=None,  # logging is ours (metrics.logging), not uvicorn's
             log_level="warning",
             timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None,
+            # Keep idle connections longer than clients and load balancers do (httpx
+            # 5 s, nginx 60 s), so the client closes first: a server that closes at the
+            # same moment a client reuses the connection makes that request fail.
+            timeout_keep_alive=75,
             lifespan="on",
         )
     )

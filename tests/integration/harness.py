@@ -111,6 +111,7 @@ async def serve(
             log_level="warning",
             access_log=False,
             log_config=None,  # logging is ours (metrics.logging), not uvicorn's
+            timeout_keep_alive=75,  # as `switchman serve`: clients close idle connections first
         )
     )
     # The test runner owns SIGINT/SIGTERM; uvicorn must not take them over.
