@@ -8,9 +8,10 @@ event loop with the client. On a machine with two or more cores Switchman is
 pinned to CPU 0 and the emulator and load generator share CPU 1 (``taskset``),
 so the worker under test has a core to itself and runs are comparable.
 
-* :func:`measure_overhead` interleaves short runs *direct to the emulator* and
-  *through Switchman* at a fixed arrival rate (ABBA order, so slow drift of the
-  machine hits both alike) and merges each side's histograms.
+* :func:`measure_overhead` interleaves short runs *direct to the emulator*,
+  *through Switchman* and through any peer the stack has (A B C D D C B A …
+  order, so slow drift of the machine hits every side alike) at a fixed
+  arrival rate and merges each side's histograms.
 * :func:`measure_saturation` steps the open-model rate up until a step fails
   (≥ 1 % errors or p99 over the bound) and reports the highest rate sustained.
 """
@@ -21,39 +22,38 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Final, Literal
+from typing import Any, Final, Self
 
 import httpx
 import yaml
 
 from tests.bench.loadgen import Client, LoadResult, Target
+from tests.bench.procs import ROOT, Processes, free_port, pin
 
 __all__ = [
     "DEMO_KEY",
+    "EMULATOR_BODY",
     "OverheadResult",
     "SaturationResult",
     "Stack",
     "measure_overhead",
     "measure_saturation",
     "merge_results",
+    "run_loadgen",
+    "switchman_config",
 ]
 
-Side = Literal["direct", "switchman"]
-SIDES: Final[tuple[Side, Side]] = ("direct", "switchman")
 
 DEMO_KEY: Final = "sk_sw_demo_local_only"
 _DEMO_KEY_HASH: Final = "sha256:2b19d40adb1c88687ecb539946ce171cab4f895c9dcc6b39cd9253989ba619fd"
-_EMULATOR_BODY: Final = {
+EMULATOR_BODY: Final = {
     "model": "dall-e-3",
     "prompt": "a lighthouse",
     "n": 1,
@@ -62,39 +62,15 @@ _EMULATOR_BODY: Final = {
 }
 _SWITCHMAN_BODY: Final = {"kind": "image", "prompt": "a lighthouse"}
 _BIN: Final = Path(sys.executable).parent
-_ROOT: Final = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _pin(cpus: str | None) -> list[str]:
-    return ["taskset", "-c", cpus] if cpus is not None else []
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL it if it has not gone in 5 s."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
 
 
 class Stack:
     """The emulator and Switchman, started on loopback and always cleaned up on exit.
 
-    If Switchman does not become ready, the emulator keeps running and
-    :attr:`switchman_error` says why, so direct measurements still happen.
+    Each *side* is one way of reaching the emulator (``direct``, ``switchman``;
+    :class:`~tests.bench.peers.PeerStack` adds ``nginx`` and ``litellm``) with
+    the request it is sent. If a side does not become ready, the others still
+    run and :attr:`errors` says why, so direct measurements always happen.
     """
 
     def __init__(self, *, pin: bool = True, ready_timeout_s: float = 30.0) -> None:
@@ -103,17 +79,25 @@ class Stack:
         self.server_cpus = "0" if self.pinned else None
         self.loader_cpus = "1" if self.pinned else None
         self.ready_timeout_s = ready_timeout_s
-        self.switchman_error: str | None = None
-        self._tmp = Path(tempfile.mkdtemp(prefix="switchman-bench-"))
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self._logs: list[IO[bytes]] = []
+        #: Side → why it could not be measured.
+        self.errors: dict[str, str] = {}
+        self.procs = Processes()
+        self._tmp = self.procs.tmp
+        self.targets: dict[str, Target] = {}
         self.emulator_url = ""
         self.switchman_url = ""
         self.switchman_pid: int | None = None
+        #: The emulator's service time now, seconds (see :meth:`set_emulator_latency`).
+        self.latency_s = 0.0
+
+    @property
+    def switchman_error(self) -> str | None:
+        """Why Switchman did not start, if it did not."""
+        return self.errors.get("switchman")
 
     # -- lifecycle ---------------------------------------------------------
 
-    def __enter__(self) -> Stack:
+    def __enter__(self) -> Self:
         try:
             self._start()
         except BaseException:
@@ -128,108 +112,78 @@ class Stack:
 
     def close(self) -> None:
         """Stop every process started here, newest first, and remove the temp dir."""
-        for proc in reversed(self._procs):
-            _stop(proc)
-        self._procs.clear()
-        for log in self._logs:
-            log.close()
-        shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def _spawn(self, name: str, cmd: list[str], cpus: str | None) -> subprocess.Popen[bytes]:
-        log = (self._tmp / f"{name}.log").open("wb")
-        self._logs.append(log)
-        proc = subprocess.Popen(
-            [*_pin(cpus), *cmd],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, so killpg reaches its children
-            cwd=_ROOT,
-            # The checkout first on the path, so the code measured is the code in this
-            # tree even if the editable install is stale.
-            env={**os.environ, "PYTHONPATH": str(_ROOT)},
-        )
-        self._procs.append(proc)
-        return proc
+        self.procs.close()
 
     def _start(self) -> None:
-        port = _free_port()
+        port = free_port()
         cmd = [str(_BIN / "switchman"), "sandbox", "--provider", "openai", "--port", str(port)]
-        self._spawn("emulator", [*cmd, "--faults", "none"], self.loader_cpus)
+        self.procs.spawn("emulator", [*cmd, "--faults", "none"], cpus=self.loader_cpus)
         self.emulator_url = f"http://127.0.0.1:{port}"
+        self.targets["direct"] = Target(
+            url=f"{self.emulator_url}/v1/images/generations",
+            headers={"authorization": "Bearer sk-sandbox"},
+            body=json.dumps(EMULATOR_BODY).encode(),
+        )
         self._wait_ready(lambda c: self.post(c, "direct").status_code == 200)
         self.set_emulator_latency(0.0)
-        sw_port = _free_port()
-        config = {
-            "server": {"host": "127.0.0.1", "port": sw_port},
-            "storage": {"database_url": f"sqlite+aiosqlite:///{self._tmp / 'switchman.db'}"},
-            "tenants": [
-                {"id": "demo", "api_keys": [_DEMO_KEY_HASH], "scopes": ["generate", "read"]}
-            ],
-            "providers": [
-                {
-                    "name": "emulator",
-                    "adapter": "openai",
-                    "base_url": self.emulator_url,
-                    "api_key": "sk-sandbox",
-                    "kinds": ["image"],
-                    "models": {"image": "dall-e-3"},
-                    "rate_limit": {"requests": 100000, "per_s": 1},
-                }
-            ],
-        }
+        self._start_switchman()
+
+    def _start_switchman(self) -> None:
+        sw_port = free_port()
         path = self._tmp / "bench.yaml"
+        config = switchman_config(sw_port, self.emulator_url, self._tmp)
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        proc = self._spawn(
+        proc = self.procs.spawn(
             "switchman",
             [str(_BIN / "switchman"), "serve", "--config", str(path)],
-            self.server_cpus,
+            cpus=self.server_cpus,
+            env={"SWITCHMAN_LOG_LEVEL": "WARNING"},
         )
         self.switchman_pid = proc.pid
         self.switchman_url = f"http://127.0.0.1:{sw_port}"
+        self.start_side(
+            "switchman",
+            Target(
+                url=f"{self.switchman_url}/v1/generations",
+                headers={"authorization": f"Bearer {DEMO_KEY}", "prefer": "wait=10"},
+                body=json.dumps(_SWITCHMAN_BODY).encode(),
+            ),
+            proc,
+        )
+
+    def start_side(
+        self, side: str, target: Target, proc: subprocess.Popen[bytes], timeout_s: float = 0.0
+    ) -> bool:
+        """Wait for ``side`` to answer its request; on failure record why and stop ``proc``."""
+        self.targets[side] = target
         try:
-            self._wait_ready(lambda c: self.post(c, "switchman").status_code == 200, proc=proc)
+            self._wait_ready(
+                lambda c: self.post(c, side).status_code == 200,
+                proc=proc,
+                timeout_s=timeout_s or self.ready_timeout_s,
+            )
         except RuntimeError as exc:
-            log = (self._tmp / "switchman.log").read_text(encoding="utf-8", errors="replace")
-            tail = "\n".join(log.strip().splitlines()[-12:])
-            self.switchman_error = f"{exc}\n{tail}".strip()
-            _stop(proc)
-            self._procs.remove(proc)
+            self.errors[side] = f"{exc}\n{self.procs.log_tail(side)}".strip()
+            del self.targets[side]
+            self.procs.discard(proc)
+            return False
+        return True
 
     def _wait_ready(
         self,
         ok: Callable[[httpx.Client], bool],
         proc: subprocess.Popen[bytes] | None = None,
-        step_s: float = 0.2,
+        timeout_s: float | None = None,
     ) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
-        with httpx.Client(timeout=5.0) as client:
-            while time.monotonic() < deadline:
-                if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"exited with status {proc.returncode} before ready")
-                with contextlib.suppress(httpx.HTTPError):
-                    if ok(client):
-                        return
-                time.sleep(step_s)
-        raise RuntimeError(f"not ready after {self.ready_timeout_s:.0f} s")
+        Processes.wait_ready(ok, proc=proc, timeout_s=timeout_s or self.ready_timeout_s)
 
     # -- requests ----------------------------------------------------------
 
-    def request(self, side: Side) -> Target:
+    def request(self, side: str) -> Target:
         """The request the benchmark sends to ``side``."""
-        if side == "direct":
-            return Target(
-                url=f"{self.emulator_url}/v1/images/generations",
-                headers={"authorization": "Bearer sk-sandbox"},
-                body=json.dumps(_EMULATOR_BODY).encode(),
-            )
-        return Target(
-            url=f"{self.switchman_url}/v1/generations",
-            headers={"authorization": f"Bearer {DEMO_KEY}", "prefer": "wait=10"},
-            body=json.dumps(_SWITCHMAN_BODY).encode(),
-        )
+        return self.targets[side]
 
-    def post(self, client: httpx.Client, side: Side) -> httpx.Response:
+    def post(self, client: httpx.Client, side: str) -> httpx.Response:
         """Send one benchmark request to ``side`` synchronously (probes, readiness)."""
         target = self.request(side)
         headers = {"content-type": "application/json", **target.headers}
@@ -239,51 +193,25 @@ class Stack:
         """Set the emulator's service time (its fault injection's added latency)."""
         resp = httpx.post(f"{self.emulator_url}/_sandbox/faults", json={"latency_s": seconds})
         resp.raise_for_status()
+        self.latency_s = seconds
 
     def load(
         self,
-        side: Side,
+        side: str,
         rate: float,
         duration_s: float,
         timeout_s: float = 10.0,
         client: Client = "aiohttp",
     ) -> LoadResult:
         """Run :mod:`tests.bench.loadgen` in a subprocess against ``side``; parse its result."""
-        target = self.request(side)
-        cmd = [
-            *_pin(self.loader_cpus),
-            sys.executable,
-            "-m",
-            "tests.bench.loadgen",
-            "--url",
-            target.url,
-            "--rate",
-            str(rate),
-            "--duration",
-            str(duration_s),
-            "--timeout",
-            str(timeout_s),
-            "--client",
-            client,
-            "--body",
-            target.body.decode(),
-            *(arg for k, v in target.headers.items() for arg in ("--header", f"{k}: {v}")),
-        ]
-        done = subprocess.run(
-            cmd,
-            capture_output=True,
-            timeout=duration_s + timeout_s + 30,
-            check=False,
-            start_new_session=True,
-            cwd=_ROOT,
+        return run_loadgen(
+            self.request(side), rate, duration_s, timeout_s, client, cpus=self.loader_cpus
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"load generator failed: {done.stderr.decode()[-2000:]}")
-        return LoadResult.from_json(json.loads(done.stdout))
 
-    def settle(self, side: Side, fast_s: float = 0.05, limit_s: float = 20.0) -> None:
+    def settle(self, side: str, fast_s: float = 0.2, limit_s: float = 20.0) -> None:
         """Wait until one request to ``side`` answers quickly again (its backlog is gone)."""
         deadline = time.monotonic() + limit_s
+        fast_s += self.latency_s
         with httpx.Client(timeout=10.0) as client:
             while time.monotonic() < deadline:
                 start = time.perf_counter()
@@ -293,9 +221,82 @@ class Stack:
                         return
                 time.sleep(0.25)
 
-    def sides(self) -> tuple[Side, ...]:
-        """The sides that can be measured: both, or only ``direct`` if Switchman did not start."""
-        return SIDES if self.switchman_error is None else ("direct",)
+    def sides(self) -> tuple[str, ...]:
+        """The sides that can be measured, in a fixed order (``direct`` first)."""
+        return tuple(self.targets)
+
+
+def run_loadgen(
+    target: Target,
+    rate: float,
+    duration_s: float,
+    timeout_s: float = 10.0,
+    client: Client = "aiohttp",
+    *,
+    cpus: str | None = None,
+    ok_statuses: Sequence[int] = (),
+) -> LoadResult:
+    """Run :mod:`tests.bench.loadgen` in a subprocess against ``target``; parse its result."""
+    cmd = [
+        *pin(cpus),
+        sys.executable,
+        "-m",
+        "tests.bench.loadgen",
+        "--url",
+        target.url,
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration_s),
+        "--timeout",
+        str(timeout_s),
+        "--client",
+        client,
+        "--body",
+        target.body.decode(),
+        *(arg for k, v in target.headers.items() for arg in ("--header", f"{k}: {v}")),
+        *(arg for s in ok_statuses for arg in ("--ok-status", str(s))),
+    ]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        timeout=duration_s + timeout_s + 30,
+        check=False,
+        start_new_session=True,
+        cwd=ROOT,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed: {done.stderr.decode()[-2000:]}")
+    return LoadResult.from_json(json.loads(done.stdout))
+
+
+def switchman_config(
+    port: int, emulator_url: str, tmp: Path, *, database: str = "switchman.db"
+) -> dict[str, Any]:
+    """A one-provider Switchman config in front of the OpenAI emulator at ``emulator_url``.
+
+    Assets are off (provider URLs passed through, as nginx and LiteLLM do), so
+    every side does the same work: one upstream call per request.
+    """
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "ui_enabled": False},
+        "storage": {
+            "database_url": f"sqlite+aiosqlite:///{tmp / database}",
+            "assets": {"enabled": False, "path": str(tmp / "assets")},
+        },
+        "tenants": [{"id": "demo", "api_keys": [_DEMO_KEY_HASH], "scopes": ["generate", "read"]}],
+        "providers": [
+            {
+                "name": "emulator",
+                "adapter": "openai",
+                "base_url": emulator_url,
+                "api_key": "sk-sandbox",
+                "kinds": ["image"],
+                "models": {"image": "dall-e-3"},
+                "rate_limit": {"requests": 100000, "per_s": 1},
+            }
+        ],
+    }
 
 
 def merge_results(results: Sequence[LoadResult]) -> LoadResult:
@@ -327,15 +328,18 @@ class OverheadResult:
     run_s: float
     by_side: dict[str, LoadResult] = field(default_factory=dict)
 
-    def added_ms(self, q: float) -> float | None:
-        """Switchman's latency minus direct latency at percentile ``q``, ms."""
-        if len(self.by_side) < 2:
+    #: The emulator's service time during these runs, seconds.
+    latency_s: float = 0.0
+
+    def added_ms(self, q: float, side: str = "switchman") -> float | None:
+        """``side``'s latency minus direct latency at percentile ``q``, ms."""
+        if side not in self.by_side or "direct" not in self.by_side:
             return None
-        direct, switchman = self.by_side["direct"], self.by_side["switchman"]
-        return switchman.histogram.percentile_ms(q) - direct.histogram.percentile_ms(q)
+        direct, other = self.by_side["direct"], self.by_side[side]
+        return other.histogram.percentile_ms(q) - direct.histogram.percentile_ms(q)
 
 
-def _abba(runs: int, sides: tuple[Side, ...]) -> Iterator[Side]:
+def _abba(runs: int, sides: tuple[str, ...]) -> Iterator[str]:
     for i in range(runs):
         yield from (sides if i % 2 == 0 else tuple(reversed(sides)))
 
@@ -355,6 +359,7 @@ def measure_overhead(
         runs=runs,
         run_s=run_s,
         by_side={s: merge_results(rs) for s, rs in per_side.items()},
+        latency_s=stack.latency_s,
     )
 
 
@@ -386,7 +391,7 @@ class SaturationResult:
 
 def measure_saturation(
     stack: Stack,
-    side: Side,
+    side: str,
     rates: Sequence[float],
     *,
     step_s: float = 4.0,

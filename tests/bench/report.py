@@ -16,9 +16,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from tests.bench.chaos import ChaosResults
 from tests.bench.loadgen import LoadResult
 from tests.bench.overhead import OverheadResult, SaturationResult
 from tests.bench.rank_bench import RankTiming
+from tests.bench.report_extra import (
+    chaos_section,
+    chaos_summary,
+    commands_section,
+    errors_section,
+    peers_section,
+    peers_summary,
+    scale_section,
+)
+from tests.bench.scale import ScaleResults
 
 __all__ = ["BenchResults", "Machine", "write_report"]
 
@@ -28,6 +39,12 @@ RANK_TARGET_US: Final = 50.0
 ADDED_P50_TARGET_MS: Final = 1.0
 ADDED_P99_TARGET_MS: Final = 5.0
 TARGET_RATE: Final = 200.0
+SIDE_COLORS: Final = {
+    "direct": "tab:blue",
+    "switchman": "tab:orange",
+    "nginx": "tab:green",
+    "litellm": "tab:red",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +117,16 @@ class BenchResults:
     #: Where the Switchman worker spends its time (py-spy), if profiled.
     profile: Profile | None = None
     finished_at: datetime | None = None
+    #: Side (``nginx``, ``litellm``, …) → why it could not be measured.
+    side_errors: dict[str, str] = field(default_factory=dict)
+    #: Seconds spent installing LiteLLM into its throwaway virtualenv (0: already there).
+    litellm_install_s: float = 0.0
+    chaos: ChaosResults | None = None
+    scale: ScaleResults | None = None
+    #: Section → the exception that stopped it (the rest of the run went on).
+    section_errors: dict[str, str] = field(default_factory=dict)
+    quick: bool = False
+    argv: list[str] = field(default_factory=list)
 
 
 def _ms(value: float) -> str:
@@ -131,7 +158,8 @@ def _plot_saturation(results: Sequence[SaturationResult], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for sat, color in zip(results, ("tab:blue", "tab:orange"), strict=False):
+    for sat in results:
+        color = SIDE_COLORS.get(sat.side, "tab:gray")
         rates = [s.rate for s in sat.steps]
         for q, style in ((50.0, "--"), (99.0, "-")):
             values = [max(s.histogram.percentile_ms(q), 0.01) for s in sat.steps]
@@ -140,7 +168,8 @@ def _plot_saturation(results: Sequence[SaturationResult], path: Path) -> bool:
     ax.set_yscale("log")
     ax.set_xlabel("offered rate (req/s, open model)")
     ax.set_ylabel("latency from intended send (ms)")
-    ax.set_title("Latency vs offered rate: direct to emulator vs through Switchman")
+    ax.set_xscale("log")
+    ax.set_title("Latency vs offered rate, per side (one worker each)")
     ax.grid(True, which="both", linewidth=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -159,17 +188,22 @@ def _plot_cdf(result: OverheadResult, path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for side, r in result.by_side.items():
+        if not r.histogram.total:
+            continue
         points = list(r.histogram.cdf())
         # Plot the tail: x = latency, y = 1/(1-F) on a log scale (HdrHistogram style).
         xs = [p[0] for p in points if p[1] < 1.0]
         ys = [1.0 / (1.0 - p[1]) for p in points if p[1] < 1.0]
-        ax.plot(ys, xs, label=side)
+        ax.plot(ys, xs, label=side, color=SIDE_COLORS.get(side))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks([2, 10, 100, 1000])
     ax.set_xticklabels(["p50", "p90", "p99", "p99.9"])
     ax.set_ylabel("latency from intended send (ms)")
-    ax.set_title(f"Latency by percentile at {result.rate:g} req/s")
+    ax.set_title(
+        f"Latency by percentile at {result.rate:g} req/s, "
+        f"upstream service time {result.latency_s * 1000:g} ms"
+    )
     ax.grid(True, which="both", linewidth=0.3)
     ax.legend()
     fig.tight_layout()
@@ -183,7 +217,8 @@ def _machine_section(r: BenchResults) -> list[str]:
     pkgs = ", ".join(f"{k} {v}" for k, v in m.packages.items())
     load = ", ".join(f"{x:.2f}" for x in m.load_average)
     placement = (
-        "Switchman pinned to CPU 0; the emulator and the load generator share CPU 1 (`taskset`)."
+        "The proxy under test (Switchman, nginx or LiteLLM) pinned to CPU 0; the emulator "
+        "and the load generator share CPU 1 (`taskset`). Chaos and scale runs are not pinned."
         if r.pinned
         else "No CPU pinning: the server, the emulator and the load generator share every core."
     )
@@ -195,9 +230,16 @@ def _machine_section(r: BenchResults) -> list[str]:
         f"- CPU: {m.cpus} × {m.cpu_model}; memory {m.memory_gib:.1f} GiB",
         f"- Load average at start: {load}",
         f"- {m.python}; {pkgs}",
-        "- Switchman: `switchman serve` (uvicorn + uvloop + httptools, one worker, default "
-        "log level), SQLite in a temp dir, one `openai` provider pointing at the emulator.",
-        "- Emulator: `switchman sandbox --provider openai --faults none`, service time 0 ms.",
+        "- Switchman: `switchman serve` (uvicorn + uvloop + httptools, one worker, log level "
+        "WARNING), SQLite in a temp dir, one `openai` provider pointing at the emulator, "
+        "`storage.assets.enabled: false` (provider URLs passed through, as the peers do).",
+        "- nginx (Debian package): `daemon off; master_process on; worker_processes 1;`, "
+        "no access log, upstream keep-alive 256.",
+        "- LiteLLM proxy: `litellm[proxy]` in `.bench/litellm-venv`, one worker, no database, "
+        "`LITELLM_TELEMETRY=False`, `LITELLM_LOCAL_MODEL_COST_MAP=True`, two deployments of "
+        "the emulator as `openai/dall-e-3`.",
+        "- Emulator: `switchman sandbox --provider openai --faults none`, service time 0 ms "
+        "or 20 ms.",
         "- Load generator: `tests/bench/loadgen.py` in its own process, raw aiohttp client, "
         "open model.",
         f"- Placement: {placement} Everything runs on loopback on the same "
@@ -255,12 +297,18 @@ def write_report(results: BenchResults, docs: Path) -> Path:
             "```",
             "",
         ]
+    lines += errors_section(results.side_errors, results.section_errors)
     lines += _summary(results)
-    lines += _rank_section(results.rank)
+    lines += peers_section(results.overhead, results.saturation, TARGET_RATE)
     lines += _overhead_section(results, plots)
     lines += _saturation_section(results, plots)
+    lines += chaos_section(results.chaos, plots)
+    lines += ["## Scale", ""]
+    lines += _rank_section(results.rank)
+    lines += scale_section(results.scale, plots)
     lines += _clients_section(results.clients)
     lines += _profile_section(results.profile)
+    lines += commands_section(results.quick, results.argv, results.litellm_install_s)
     lines += _HOW_TO_READ
     path = docs / "BENCHMARKS.md"
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -325,6 +373,8 @@ def _summary(r: BenchResults) -> list[str]:
         else:
             text = f"{best:g} req/s"
         rows.append(f"| saturation of one worker, {sat.side} | — | {text} | — |")
+    rows += peers_summary(r.overhead, r.saturation, TARGET_RATE)
+    rows += chaos_summary(r.chaos)
     return [*rows, ""]
 
 
@@ -332,7 +382,7 @@ def _rank_section(timings: Sequence[RankTiming]) -> list[str]:
     if not timings:
         return []
     lines = [
-        "## Routing decision: `ProviderStrategy.rank()`",
+        "### Routing decision time: `ProviderStrategy.rank()` at 10, 100, 1,000 providers",
         "",
         "One call per timing, realistic snapshot (mixed kinds, prices, latency "
         "estimates, load; a few open/half-open/drained providers; a deadline), GC on. "
@@ -355,27 +405,44 @@ def _overhead_section(r: BenchResults, plots: Path) -> list[str]:
     if not r.overhead:
         return []
     lines = [
-        "## Added latency (emulator service time 0 ms)",
+        "## Added latency: direct, Switchman, nginx, LiteLLM",
         "",
         "Milliseconds, from intended send time. Each side: "
-        f"{r.overhead[0].runs} interleaved runs × {r.overhead[0].run_s:g} s after a 1 s warm-up.",
+        f"{r.overhead[0].runs} interleaved runs × {r.overhead[0].run_s:g} s after a 1 s "
+        "warm-up (order A B C D D C B A …). *Service* is the emulator's own service time "
+        '(`POST /_sandbox/faults {"latency_s": …}`). *+side* rows are that side minus '
+        "direct at the same percentile.",
         "",
-        "| rate (req/s) | side | requests | errors | p50 | p90 | p99 | p99.9 | max |",
-        "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| service (ms) | rate (req/s) | side | requests | errors | p50 | p90 | p99 | p99.9 "
+        "| max |",
+        "| ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for o in r.overhead:
+        svc = f"{o.latency_s * 1000:g}"
         for side, res in o.by_side.items():
-            lines.append(f"| {o.rate:g} | {side} | {res.sent} | {_errors(res)} | {_pcts(res)} |")
-        if len(o.by_side) == 2:
-            added = [o.added_ms(q) or 0.0 for q in (50, 90, 99, 99.9, 100)]
             lines.append(
-                f"| {o.rate:g} | **added** | | | " + " | ".join(f"{a:+.2f}" for a in added) + " |"
+                f"| {svc} | {o.rate:g} | {side} | {res.sent} | {_errors(res)} | {_pcts(res)} |"
+            )
+        for side in o.by_side:
+            if side == "direct":
+                continue
+            added = [o.added_ms(q, side) or 0.0 for q in (50, 90, 99, 99.9, 100)]
+            lines.append(
+                f"| {svc} | {o.rate:g} | **+{side}** | | | "
+                + " | ".join(f"{a:+.2f}" for a in added)
+                + " |"
             )
     lines.append("")
-    at = next((o for o in r.overhead if o.rate == TARGET_RATE), r.overhead[0])
-    name = f"latency-cdf-{at.rate:g}rps.png"
-    if _plot_cdf(at, plots / name):
-        lines += [f"![latency by percentile at {at.rate:g} req/s](bench/{name})", ""]
+    for o in r.overhead:
+        if o.rate != TARGET_RATE:
+            continue
+        name = f"latency-cdf-{o.rate:g}rps-{o.latency_s * 1000:g}ms.png"
+        if _plot_cdf(o, plots / name):
+            lines += [
+                f"![latency by percentile at {o.rate:g} req/s, service {o.latency_s * 1000:g} ms]"
+                f"(bench/{name})",
+                "",
+            ]
     return lines
 
 

@@ -1,12 +1,17 @@
 """``make bench``: run every benchmark and write ``docs/BENCHMARKS.md``.
 
-Order: the ``rank()`` micro-benchmark (in process, no servers), then with a
-:class:`~tests.bench.overhead.Stack` up: the load generator's client cost,
-added latency at 50 and 200 req/s, saturation direct and through Switchman,
-and (if ``py-spy`` is installed and allowed to attach) a short profile of the
-Switchman worker. Every step is bounded in time; the whole run takes about
-four minutes and always stops the processes it started. ``--quick`` shortens
-every run for a smoke test.
+Order: the ``rank()`` micro-benchmark (in process, no servers); then with a
+:class:`~tests.bench.peers.PeerStack` up (emulator, Switchman, nginx, LiteLLM):
+the load generator's client cost, added latency of every side at 50 and
+200 req/s with 0 ms and at 200 req/s with 20 ms upstream service time, each
+side's saturation, and (if ``py-spy`` is installed and allowed to attach) a
+short profile of the Switchman worker; then the chaos scenarios
+(:mod:`tests.bench.chaos`) and the scale runs (:mod:`tests.bench.scale`).
+Every step is bounded in time; the whole run takes about 16 minutes (plus
+about one to install LiteLLM the first time) and always stops the processes
+it started, also when a step fails: a failed section is reported with its
+error and the others still run. ``--quick`` shortens every run for a smoke
+test (about 5 minutes).
 """
 
 from __future__ import annotations
@@ -18,19 +23,38 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from tests.bench.chaos import run_chaos
 from tests.bench.overhead import Stack, measure_overhead, measure_saturation
+from tests.bench.peers import PeerStack
 from tests.bench.rank_bench import run_all
 from tests.bench.report import BenchResults, Machine, Profile, utc_now, write_report
+from tests.bench.scale import ScaleResults, measure_memory, measure_workers
 
 __all__ = ["main", "profile_worker", "summarise_profile"]
 
 _ROOT: Final = Path(__file__).resolve().parents[2]
-SATURATION_RATES: Final = (100.0, 200.0, 400.0, 600.0, 800.0, 1000.0, 1500.0, 2000.0, 3000.0)
-OVERHEAD_RATES: Final = (50.0, 200.0)
+SATURATION_RATES: Final = (
+    25.0,
+    50.0,
+    100.0,
+    200.0,
+    400.0,
+    600.0,
+    800.0,
+    1000.0,
+    1500.0,
+    2000.0,
+    3000.0,
+)
+#: ``(upstream service time s, rate req/s)`` of the interleaved added-latency runs.
+OVERHEAD_POINTS: Final = ((0.0, 50.0), (0.0, 200.0), (0.02, 200.0))
+WORKER_RATES: Final = (100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 800.0, 1000.0)
 
 
 def _log(message: str) -> None:
@@ -118,31 +142,33 @@ def summarise_profile(collapsed: str, top: int = 15) -> Profile:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmarks and write the report; returns 0 even if Switchman did not start."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
-    parser.add_argument("--docs", type=Path, default=_ROOT / "docs")
-    args = parser.parse_args(argv)
-    quick: bool = args.quick
-    run_s, runs, step_s = (1.0, 2, 1.5) if quick else (5.0, 5, 4.0)
+def _section(results: BenchResults, name: str, run: Callable[[], None]) -> None:
+    """Run one section; if it fails, keep its traceback for the report and go on."""
+    try:
+        run()
+    except Exception:
+        text = traceback.format_exc()
+        _log(f"{name} failed:\n{text}")
+        results.section_errors[name] = text
 
-    results = BenchResults(machine=Machine.describe(), started_at=utc_now(), pinned=False)
-    _log("rank() micro-benchmark")
-    results.rank = run_all({10: 2000, 100: 400, 1000: 40} if quick else None)
-    with Stack(pin=not args.no_pin) as stack:
+
+def _peers(
+    results: BenchResults, args: argparse.Namespace, run_s: float, runs: int, step_s: float
+) -> None:
+    with PeerStack(pin=not args.no_pin, litellm=not args.no_litellm) as stack:
         results.pinned = stack.pinned
         results.switchman_error = stack.switchman_error
-        if stack.switchman_error:
-            _log(f"Switchman did not start; measuring direct only:\n{stack.switchman_error}")
+        results.side_errors = {k: v for k, v in stack.errors.items() if k != "switchman"}
+        results.litellm_install_s = stack.litellm_install_s
+        _log(f"sides: {', '.join(stack.sides())}; not measured: {sorted(stack.errors) or '-'}")
         _log("load-generator client cost")
         for client in ("aiohttp", "httpx"):
             results.clients[client] = stack.load("direct", 500.0, run_s / 2 + 1, client=client)
-        for rate in OVERHEAD_RATES:
-            _log(f"added latency at {rate:g} req/s")
+        for latency, rate in OVERHEAD_POINTS:
+            _log(f"added latency at {rate:g} req/s, service {latency * 1000:g} ms")
+            stack.set_emulator_latency(latency)
             results.overhead.append(measure_overhead(stack, rate, runs=runs, run_s=run_s))
+        stack.set_emulator_latency(0.0)
         for side in stack.sides():
             _log(f"saturation, {side}")
             results.saturation.append(
@@ -150,7 +176,43 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "switchman" in stack.sides() and not args.no_profile:
             _log("profiling the Switchman worker")
-            results.profile = profile_worker(stack, 200.0, 3.0 if quick else 6.0)
+            results.profile = profile_worker(stack, 200.0, 3.0 if args.quick else 6.0)
+
+
+def _chaos(results: BenchResults, quick: bool) -> None:
+    _log("chaos scenarios")
+    results.chaos = run_chaos(quick=quick, log=_log)
+
+
+def _scale(results: BenchResults, quick: bool) -> None:
+    results.scale = ScaleResults()
+    jobs = 1000 if quick else 10_000
+    _log(f"scale: RSS with {jobs} jobs in flight")
+    results.scale.memory = measure_memory(jobs, rate=200.0 if quick else 400.0)
+    _log("scale: throughput with 1 and 2 workers")
+    results.scale.workers = measure_workers(WORKER_RATES, step_s=1.5 if quick else 3.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks and write the report; returns 0 even if Switchman did not start."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
+    parser.add_argument("--docs", type=Path, default=_ROOT / "docs")
+    args = parser.parse_args(argv)
+    quick: bool = args.quick
+    run_s, runs, step_s = (1.0, 2, 1.5) if quick else (3.0, 3, 3.0)
+
+    results = BenchResults(machine=Machine.describe(), started_at=utc_now(), pinned=False)
+    results.quick = quick
+    results.argv = list(argv if argv is not None else sys.argv[1:])
+    _log("rank() micro-benchmark")
+    results.rank = run_all({10: 2000, 100: 400, 1000: 40} if quick else None)
+    _section(results, "overhead and peers", lambda: _peers(results, args, run_s, runs, step_s))
+    _section(results, "chaos", lambda: _chaos(results, quick))
+    _section(results, "scale", lambda: _scale(results, quick))
     results.finished_at = utc_now()
     path = write_report(results, args.docs)
     _log(f"wrote {path.relative_to(_ROOT) if path.is_relative_to(_ROOT) else path}")
