@@ -312,7 +312,9 @@ class Tenancy:
         )
         self._tenants = {t.id: t for t in config.tenants}
         self._refresher: asyncio.Task[None] | None = None
-        self._settling: set[asyncio.Task[None]] = set()
+        #: Spend of unlimited tenants not yet written: (tenant, period) -> [usd, jobs].
+        self._unflushed: dict[tuple[str, str], list[float]] = {}
+        self._flusher: asyncio.Task[None] | None = None
         #: The SSRF-guarded client callbacks are sent with (see :func:`guard_callbacks`).
         self.callback_http: httpx.AsyncClient | None = None
 
@@ -324,11 +326,16 @@ class Tenancy:
         with contextlib.suppress(Exception):
             await self.release_stale()
         self._refresher = asyncio.create_task(self._refresh_loop(), name="credentials refresh")
+        self._flusher = asyncio.create_task(self._flush_loop(), name="tenant spend")
 
     async def stop(self) -> None:
-        """Stop the refresher; finish recording spend already under way."""
-        if self._settling:
-            await asyncio.wait(list(self._settling), timeout=5)
+        """Stop the refresher; write the spend still batched in memory."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self.flush_spend()
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -445,11 +452,23 @@ class Tenancy:
         _CURRENT.set(res)
         return res
 
-    async def _add_spend(self, tenant: str, cost_usd: float) -> None:
+    async def flush_spend(self) -> None:
+        """Write the unlimited tenants' batched spend (never raises)."""
+        pending, self._unflushed = self._unflushed, {}
+        items = [(t, p, usd, int(jobs)) for (t, p), (usd, jobs) in pending.items()]
         try:
-            await self.store.add_spend(tenant, month_of(self.clock.time()), cost_usd)
+            await self.store.add_spend(items)
         except Exception as exc:
             _log.warning("tenant.spend_failed", error=type(exc).__name__)
+            for (t, p), (usd, jobs) in pending.items():  # keep it for the next round
+                totals = self._unflushed.setdefault((t, p), [0, 0])
+                totals[0] += usd
+                totals[1] += jobs
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self.flush_spend()
 
     async def admitted(self, reservation: Reservation, job_id: str | None) -> None:
         """After ``engine.submit``: link the reservation to its job, or release it."""
@@ -482,9 +501,10 @@ class Tenancy:
     async def job_finished(self, job: JobRecord) -> None:
         """See :class:`EngineHooks`: settle the job's reservation with its real cost."""
         if self.unlimited(job.tenant):
-            task = asyncio.create_task(self._add_spend(job.tenant, job.cost_usd))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            # Informational only (no budget to enforce): batched, written once a second.
+            totals = self._unflushed.setdefault((job.tenant, month_of(self.clock.time())), [0, 0])
+            totals[0] += job.cost_usd
+            totals[1] += 1
             return
         current = _CURRENT.get()
         rid = current.id if current is not None and current.tenant == job.tenant else None
@@ -500,6 +520,14 @@ class Tenancy:
         cfg = self._tenants.get(tenant)
         period = month_of(self.clock.time())
         row = await self.store.usage(tenant, period)
+        unflushed = self._unflushed.get((tenant, period))
+        if unflushed is not None:  # batched spend not yet written counts too
+            row = type(row)(
+                row.spent_usd + unflushed[0],
+                row.reserved_usd,
+                row.jobs + int(unflushed[1]),
+                row.inflight,
+            )
         budget = cfg.budget_usd_per_month if cfg else None
         return {
             "tenant": tenant,

@@ -290,13 +290,14 @@ def _settle(
     return True
 
 
-def _add_spend(conn: Connection, tenant: str, period: str, cost: float) -> None:
-    _ensure_rows(conn, tenant, period)
-    conn.execute(
-        _U.update()
-        .where(_U.c.tenant == tenant, _U.c.period == period)
-        .values(spent_usd=_U.c.spent_usd + cost, jobs=_U.c.jobs + 1)
-    )
+def _add_spend(conn: Connection, items: list[tuple[str, str, float, int]]) -> None:
+    for tenant, period, cost, jobs in items:
+        _ensure_rows(conn, tenant, period)
+        conn.execute(
+            _U.update()
+            .where(_U.c.tenant == tenant, _U.c.period == period)
+            .values(spent_usd=_U.c.spent_usd + cost, jobs=_U.c.jobs + jobs)
+        )
 
 
 def _cancel(conn: Connection, reservation_id: str) -> bool:
@@ -484,9 +485,13 @@ class TenantStore:
         """Release a job's reservation and add its real cost; ``False`` if already settled."""
         return await self._runner.run(True, _settle, reservation_id, job_id, cost_usd, period)
 
-    async def add_spend(self, tenant: str, period: str, cost_usd: float) -> None:
-        """Add a finished job's cost for a tenant that reserves nothing at admission."""
-        await self._runner.run(True, _add_spend, tenant, period, cost_usd)
+    async def add_spend(self, items: list[tuple[str, str, float, int]]) -> None:
+        """Add ``(tenant, period, cost_usd, jobs)`` totals, in one transaction.
+
+        For tenants that reserve nothing at admission (no budget, no in-flight cap).
+        """
+        if items:
+            await self._runner.run(True, _add_spend, items)
 
     async def cancel(self, reservation_id: str) -> bool:
         """Release a reservation whose job was never created."""

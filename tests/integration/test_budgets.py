@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import serve
+from router.tenants import _tenancy_of
+from tests.integration.harness import make_config, serve
 from tests.integration.tenant_support import KEY_B, as_tenant, tenant_config
 
 pytestmark = pytest.mark.integration
@@ -100,3 +101,22 @@ async def test_the_request_rate_limit_is_a_429_with_retry_after(tmp_path: Path) 
         assert (await running.client.get("/v1/usage")).status_code == 200
         other = await running.client.post("/v1/generations", json=body, headers=as_tenant(KEY_B))
         assert other.status_code in (200, 202)
+
+
+async def test_an_unlimited_tenants_spend_is_batched_but_always_shown(tmp_path: Path) -> None:
+    """No budget, no in-flight cap: spend is written in batches, yet /v1/usage shows it at once."""
+    config = make_config(
+        tmp_path, [{"name": "only", "cost": {"per_image_usd": 0.25}, "faults": {}}]
+    )
+    async with serve(config) as running:
+        for _ in range(2):
+            assert (await running.generate()).json()["status"] == "succeeded"
+        before = (await running.client.get("/v1/usage")).json()
+        tenancy = _tenancy_of(running.service)
+        assert tenancy is not None
+        await tenancy.flush_spend()
+        after = (await running.client.get("/v1/usage")).json()
+    assert before["spent_usd"] == pytest.approx(0.5)
+    assert before["jobs"] == 2
+    assert after["spent_usd"] == pytest.approx(0.5)
+    assert after["jobs"] == 2
