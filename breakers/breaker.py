@@ -266,6 +266,27 @@ class ProviderBreaker:
             return "probe_busy"
         return None
 
+    def probe_early(self, min_open_s: float) -> bool:
+        """Turn an open breaker half-open now, before its reset timeout; whether it did.
+
+        For panic mode (every capable provider's breaker open, see the job engine): a
+        request may carry one trial call so recovery is seen at the first success, not
+        a whole reset timeout later. Refused unless the breaker is open (not held open by
+        an operator) and has been for at least ``min_open_s``, which spaces the trials
+        out: a failed trial reopens the breaker with a fresh timeout, as any probe does.
+        """
+        if self._forced_open or self._storage.state != pybreaker.STATE_OPEN:
+            return False
+        if self._storage.open_elapsed_s() < min_open_s or self._probes:
+            return False
+        self._cb.half_open()
+        return True
+
+    @property
+    def reset_timeout_s(self) -> float:
+        """How long the breaker stays open before its half-open probe."""
+        return self._reset_timeout_s
+
     def force_open(self) -> None:
         """Open the breaker and hold it open (no half-open) until :meth:`force_closed`."""
         self._forced_open = True

@@ -372,6 +372,8 @@ class RedisState:
         self.online = False
         self._closed = False
         self._ever_reported = False
+        #: Called with each webhook another replica forwarded (see :meth:`forward_webhook`).
+        self.on_webhook: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def staleness_bound_s(self) -> float:
@@ -433,6 +435,23 @@ class RedisState:
             self._mark_down(exc)
             raise SharedStateUnavailable from exc
         return list(reply)
+
+    async def forward_webhook(self, payload: dict[str, Any]) -> bool:
+        """Tell every replica of a webhook for a job this one is not running.
+
+        Provider webhooks reach whichever replica the load balancer picks; the one
+        running the job applies it (``on_webhook``), the rest ignore it. Best effort:
+        ``False`` when Redis is away, and the owner's polling finishes the job anyway.
+        """
+        if not self.online:
+            return False
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                await self._redis.publish(self.channel, msgspec.json.encode({"w": payload}))
+        except _CONNECTION_ERRORS as exc:
+            self._mark_down(exc)
+            return False
+        return True
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a write in the background; an unreachable Redis is already handled by
@@ -583,6 +602,10 @@ class RedisState:
                 if message is None or message.get("type") != "message":
                     continue
                 data = msgspec.json.decode(message["data"])
+                if "w" in data:
+                    if self.on_webhook is not None:
+                        self._deliver(data["w"])
+                    continue
                 handle = self._providers.get(str(data.get("p", "")))
                 if handle is not None:
                     handle.apply(data)
@@ -591,6 +614,13 @@ class RedisState:
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _deliver(self, payload: Any) -> None:
+        try:
+            assert self.on_webhook is not None
+            self.on_webhook(payload)
+        except Exception:  # a bad message must not stop the listener
+            _log.exception("state.webhook_failed")
 
     def __repr__(self) -> str:
         return (

@@ -109,6 +109,13 @@ class SharedBreaker(ProviderBreaker):
             return "probe_busy"
         return None
 
+    def probe_early(self, min_open_s: float) -> bool:
+        """Panic-mode early probes are local only: with shared state the breaker's
+        timeout is the fleet's, and one replica must not cut it short for all."""
+        if self.shared.online:
+            return False
+        return super().probe_early(min_open_s)
+
     def force_open(self) -> None:
         """Hold the breaker open on every replica (and locally, for an outage)."""
         super().force_open()

@@ -16,6 +16,7 @@ import structlog
 from litestar import Request, Response, post
 from litestar.params import FromPath, FromQuery
 
+from router import webhook_relay
 from router.api_common import json_response, service_of
 from router.errors import NotFound, Unauthorized
 
@@ -50,9 +51,16 @@ async def upstream_webhook(
     event = rt.adapter.parse_webhook(headers, body)
     if event is None:
         return json_response({"status": "ignored"}, 202)
+    running_here = job is not None and service.engine.live_job(job) is not None
     applied = service.engine.deliver_webhook(provider, job, attempt, event)
-    _log.info("webhook.received", provider=provider, applied=applied)
-    return json_response({"status": "accepted", "applied": applied}, 202)
+    forwarded = False
+    if not running_here and job and attempt and service.shared_state is not None:
+        # Another replica may be running the job: let it apply the event now.
+        forwarded = await service.shared_state.forward_webhook(
+            webhook_relay.encode(provider, job, attempt, event)
+        )
+    _log.info("webhook.received", provider=provider, applied=applied, forwarded=forwarded)
+    return json_response({"status": "accepted", "applied": applied, "forwarded": forwarded}, 202)
 
 
 #: Litestar route handlers this module contributes to the app.

@@ -28,7 +28,7 @@ import os
 import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -39,6 +39,7 @@ from router.errors import ConfigError, ErrorKind
 from router.models import Output
 from router.sandbox.media import png_size
 from router.sandbox.mp4 import mp4_info
+from router.ssrf import UrlPolicy, guarded_client, read_capped, url_problem
 from router.store import AssetRecord, JobStore
 
 __all__ = [
@@ -47,12 +48,12 @@ __all__ = [
     "LocalBlobs",
     "MediaInfo",
     "asset_id",
+    "host_of",
     "probe_media",
     "sniff_content_type",
 ]
 
 _log = structlog.get_logger("switchman.assets")
-_CHUNK: Final = 64 * 1024
 
 
 class AssetRejected(Exception):
@@ -165,6 +166,11 @@ def _decode_data_url(url: str, max_bytes: int) -> bytes:
         raise AssetRejected("malformed_response", "data: URL is not valid base64") from None
 
 
+def host_of(base_url: str) -> str | None:
+    """The host name of a provider's ``base_url`` (``None`` when it has none)."""
+    return urlsplit(base_url).hostname
+
+
 class AssetStore:
     """Downloads, checks and keeps outputs; serves them back by id."""
 
@@ -177,6 +183,7 @@ class AssetStore:
         *,
         public_url: str | None = None,
         download_timeout_s: float = 60.0,
+        guard_downloads: bool = False,
     ) -> None:
         if config.backend != "local":
             raise ConfigError(["storage.assets.backend: only 'local' is implemented in this build"])
@@ -187,6 +194,32 @@ class AssetStore:
         self.blobs = LocalBlobs(config.path)
         self.base_url = (public_url or "").rstrip("/")
         self.download_timeout_s = download_timeout_s
+        #: Check every download's address at connect time (see :meth:`_client_for`).
+        self.guard_downloads = guard_downloads
+        self._guarded: dict[str | None, httpx.AsyncClient] = {}
+
+    async def aclose(self) -> None:
+        """Close the guarded download clients (the shared client is not ours)."""
+        for client in self._guarded.values():
+            await client.aclose()
+        self._guarded.clear()
+
+    def _client_for(self, provider_host: str | None) -> tuple[httpx.AsyncClient, UrlPolicy | None]:
+        """The client to download a provider's outputs with, and the policy it enforces.
+
+        An output URL comes from the provider, so it may point at the provider's own
+        host (an in-house provider on a private network, the sandbox on loopback) or at
+        a public address, never elsewhere inside: a provider that answers with
+        ``http://169.254.169.254/…`` must not make Switchman fetch and keep it.
+        """
+        if not self.guard_downloads:
+            return self.client, None
+        policy = UrlPolicy("output url", (provider_host,) if provider_host else ())
+        client = self._guarded.get(provider_host)
+        if client is None:
+            client = guarded_client(policy, timeout_s=self.download_timeout_s)
+            self._guarded[provider_host] = client
+        return client, policy
 
     def url_of(self, asset: str) -> str:
         """The stable URL of an asset (absolute when ``server.public_url`` is set)."""
@@ -200,6 +233,7 @@ class AssetStore:
         outputs: list[Output],
         *,
         headers_for: Callable[[str], Mapping[str, str]] | None = None,
+        provider_host: str | None = None,
     ) -> list[Output]:
         """Keep every downloadable output and return them with Switchman URLs.
 
@@ -210,10 +244,14 @@ class AssetStore:
         Raises :class:`AssetRejected` for the first output that cannot be kept.
         """
         kept: list[Output] = []
+        client, policy = self._client_for(provider_host)
         for output in outputs:
             url = output.url
             if url.startswith(("http://", "https://")):
-                data = await self._download(url, headers_for(url) if headers_for else None)
+                if policy is not None and (why := url_problem(url, policy)) is not None:
+                    raise AssetRejected("malformed_response", f"output URL refused: {why}")
+                headers = headers_for(url) if headers_for else None
+                data = await self._download(client, url, headers)
             elif url.startswith("data:"):
                 data = _decode_data_url(url, self.config.max_bytes)
             else:
@@ -262,11 +300,13 @@ class AssetStore:
             sha256=sha,
         )
 
-    async def _download(self, url: str, headers: Mapping[str, str] | None = None) -> bytes:
+    async def _download(
+        self, client: httpx.AsyncClient, url: str, headers: Mapping[str, str] | None = None
+    ) -> bytes:
         limit = self.config.max_bytes
         try:
             async with (
-                self.client.stream(
+                client.stream(
                     "GET", url, headers=headers, timeout=self.download_timeout_s
                 ) as response,
             ):
@@ -275,19 +315,12 @@ class AssetStore:
                         "upstream_unavailable",
                         f"output download answered {response.status_code}",
                     )
-                declared = response.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > limit:
-                    raise AssetRejected("malformed_response", f"output larger than {limit} bytes")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes(_CHUNK):
-                    size += len(chunk)
-                    if size > limit:
-                        raise AssetRejected(
-                            "malformed_response", f"output larger than {limit} bytes"
-                        )
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                try:
+                    return await read_capped(response, limit)
+                except ValueError:  # over the size cap (the status was checked above)
+                    raise AssetRejected(
+                        "malformed_response", f"output larger than {limit} bytes"
+                    ) from None
         except httpx.HTTPError as exc:
             raise AssetRejected(
                 "upstream_unavailable", f"output download failed: {type(exc).__name__}"

@@ -52,8 +52,8 @@ import asyncio
 import contextlib
 import random
 from collections import deque
-from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Container, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
 import httpx
@@ -66,7 +66,7 @@ from breakers.clock import Clock
 from metrics import Metrics
 from metrics.tracing import attempt_span, inject_headers, record_outcome
 from router.adapters.base import AttemptContext, PollResult, SubmitResult, WebhookEvent
-from router.assets import AssetRejected, AssetStore
+from router.assets import AssetRejected, AssetStore, host_of
 from router.callbacks import CallbackSender, message_id
 from router.config import Config
 from router.errors import CALLER_KINDS, ErrorKind, NoProviderAvailable, UpstreamError
@@ -86,7 +86,7 @@ from router.store import (
     to_api_job,
 )
 from strategies import ProviderStrategy
-from strategies.snapshot import Ranking, RouteRequest, ScoredCandidate
+from strategies.snapshot import Ranking, RouteRequest, ScoredCandidate, Snapshot
 
 if TYPE_CHECKING:
     from router.tenants import EngineHooks
@@ -102,6 +102,9 @@ OUTCOME_UNKNOWN: Final = "submission outcome unknown"
 _MIN_ATTEMPT_S: Final = 0.005
 #: Consecutive failed polls before an accepted upstream job is given up on.
 _MAX_POLL_ERRORS: Final = 5
+#: Panic mode: an open breaker may be probed early once it has been open this fraction
+#: of its reset timeout (so at most ~1 / fraction trials per timeout, one at a time).
+_PANIC_PROBE_FRACTION: Final = 0.05
 
 
 @dataclass(slots=True)
@@ -114,6 +117,8 @@ class _Run:
     trace_headers: Mapping[str, str]
     persisted: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when the job ends or shutdown begins: a ``Prefer: wait`` response may go.
+    answer: asyncio.Event = field(default_factory=asyncio.Event)
     no_provider: NoProviderAvailable | None = None
     #: Another replica created a job under the same idempotency key first.
     key_taken: DuplicateIdempotencyKey | None = None
@@ -151,9 +156,13 @@ class _NotTheProviders(BaseException):
         self.error = error
 
 
-def _only_busy_probes(ranking: Ranking) -> bool:
-    """Whether some provider would be routable once its half-open probe resolves."""
-    return any(e.reason == "probe_busy" for e in ranking.excluded)
+def _only_busy_probes(ranking: Ranking, panic: Container[str] = ()) -> bool:
+    """Whether some provider would be routable once its half-open probe resolves.
+
+    Panic-mode trials (``panic``) do not count: while every breaker is open callers get
+    the fast 503, not a wait on a trial that will most likely fail.
+    """
+    return any(e.reason == "probe_busy" and e.name not in panic for e in ranking.excluded)
 
 
 class JobEngine:
@@ -195,6 +204,8 @@ class JobEngine:
         self.metrics = metrics
         self.clock = clock
         self.client = client
+        #: The SSRF-guarded client for callers' input images (set by the tenancy layer).
+        self.input_client: httpx.AsyncClient | None = None
         self.rng = rng or random.Random()
         self.webhook_base_url = webhook_base_url
         self.assets = assets
@@ -209,6 +220,10 @@ class JobEngine:
         #: The latest failovers, newest last, for the on-call status page.
         self.recent_failovers: deque[dict[str, object]] = deque(maxlen=50)
         self._inflight_by_kind: dict[str, int] = {"image": 0, "video": 0}
+        #: Providers with a panic-mode trial in flight (see :meth:`_panic_probe`).
+        self._panic_probes: set[str] = set()
+        #: Until when (monotonic) better providers still open may be probed early.
+        self._panic_until = float("-inf")
 
     # ------------------------------------------------------------------ admission
 
@@ -311,17 +326,16 @@ class JobEngine:
         run = self._runs.get(job_id)
         if run is None or timeout_s <= 0 or self._draining.is_set():
             return
-        done = asyncio.ensure_future(run.done.wait())
-        draining = asyncio.ensure_future(self._draining.wait())
-        try:
-            await asyncio.wait({done, draining}, timeout=timeout_s, return_when="FIRST_COMPLETED")
-        finally:
-            done.cancel()
-            draining.cancel()
+        # One event per job, no helper tasks: this runs for nearly every request.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await run.answer.wait()
 
     def release_waiters(self) -> None:
         """Answer every ``Prefer: wait`` request now (graceful shutdown has begun)."""
         self._draining.set()
+        for run in self._runs.values():
+            run.answer.set()
 
     def live_job(self, job_id: str) -> JobRecord | None:
         """The in-memory record of an in-flight job (fresher than the store's)."""
@@ -359,6 +373,7 @@ class JobEngine:
             self.metrics.set_jobs_inflight(kind, self._inflight_by_kind[kind])
             run.persisted.set()
             run.done.set()
+            run.answer.set()
             self._runs.pop(job.id, None)
 
     async def _attempt_chain(self, run: _Run, last: _Outcome | None = None) -> None:
@@ -372,8 +387,33 @@ class JobEngine:
         failed_providers = {a.provider for a in job.attempts if a.status != "running"}
         remaining = run.deadline - self.clock.monotonic()
         ranking = self.rank(run.request, remaining)
-        if not ranking.candidates and _only_busy_probes(ranking):
+        if not ranking.candidates and _only_busy_probes(ranking, self._panic_probes):
             ranking = await self._await_probes(run)
+        panic = None
+        if not ranking.candidates:
+            panic = self._panic_probe(run, ranking)
+        elif self.clock.monotonic() < self._panic_until:
+            # Just after panic: a provider back from the same outage may not be the
+            # best; the better ones still open are probed early too (see _panic_probe).
+            panic = self._panic_probe(run, ranking, ahead_of=ranking.candidates[0].name)
+        if panic is not None:
+            ranking = self.rank(run.request, run.deadline - self.clock.monotonic())
+            self._panic_probes.add(panic)
+        try:
+            await self._run_candidates(run, ranking, last, done_before, failed_providers)
+        finally:
+            if panic is not None:
+                self._panic_probes.discard(panic)
+
+    async def _run_candidates(
+        self,
+        run: _Run,
+        ranking: Ranking,
+        last: _Outcome | None,
+        done_before: int,
+        failed_providers: set[str],
+    ) -> None:
+        """The body of :meth:`_attempt_chain` once the ranking is known."""
         if not ranking.candidates:
             if run.persisted.is_set():
                 await self._finish(run, "failed", "no_provider", self._no_provider(ranking).detail)
@@ -448,9 +488,53 @@ class JobEngine:
                 async with asyncio.timeout(left):
                     await self._transition.wait()
             ranking = self.rank(run.request, run.deadline - self.clock.monotonic())
-            if ranking.candidates or not _only_busy_probes(ranking):
+            if ranking.candidates or not _only_busy_probes(ranking, self._panic_probes):
                 return ranking
         return self.rank(run.request, run.deadline - self.clock.monotonic())
+
+    def _panic_probe(self, run: _Run, ranking: Ranking, ahead_of: str | None = None) -> str | None:
+        """Panic mode: every capable provider's breaker is open; maybe carry one trial.
+
+        Like Envoy's panic threshold, refusing everything forever is worse than trying:
+        the provider most likely to serve (the strategy's first choice, were every open
+        breaker half-open) has its breaker turned half-open now, if it has been open for
+        a twentieth of its reset timeout and no trial is in flight, and this request is its
+        probe (one upstream attempt). Every other request gets the fast 503. Recovery is
+        thus seen at the first trial that succeeds, not a whole reset timeout later.
+
+        An outage that took every provider down tends to end for all of them at once,
+        but the first probe to succeed may not be the best provider's. So for one reset
+        timeout after panic (``ahead_of``: the best routable provider now), an open
+        provider the strategy would rank before ``ahead_of`` may still be probed early,
+        under the same spacing; should that probe fail, its request fails over as usual.
+        Returns the provider's name, or ``None`` (no trial: answer 503 / route as usual).
+        """
+        open_names = {e.name for e in ranking.excluded if e.reason == "breaker_open"}
+        if not open_names:
+            return None
+        snapshot = self.registry.snapshot()
+        as_if = Snapshot(
+            tuple(
+                replace(p, breaker="half_open", probe_available=True) if p.name in open_names else p
+                for p in snapshot.providers
+            )
+        )
+        remaining = run.deadline - self.clock.monotonic()
+        wished = self.strategy.rank(self.route_request(run.request, remaining), as_if, self.rng)
+        for cand in wished.candidates:
+            if cand.name == ahead_of:
+                break
+            rt = self.registry.get(cand.name)
+            if rt is None or cand.name not in open_names or cand.name in self._panic_probes:
+                continue
+            breaker = rt.guard.breaker
+            if breaker.probe_early(breaker.reset_timeout_s * _PANIC_PROBE_FRACTION):
+                _log.info("breaker.panic_probe", provider=cand.name, after_panic=bool(ahead_of))
+                if ahead_of is None:
+                    until = self.clock.monotonic() + breaker.reset_timeout_s
+                    self._panic_until = max(self._panic_until, until)
+                return cand.name
+        return None
 
     def _no_provider(self, ranking: Ranking) -> NoProviderAvailable:
         reasons = sorted({f"{e.name}: {e.reason}" for e in ranking.excluded})
@@ -525,6 +609,7 @@ class JobEngine:
                     budget = min(
                         run.deadline - self.clock.monotonic(), rt.config.timeouts.request_s
                     )
+                    outstanding = rt.stats.begin(job.kind)
                     try:
                         async with asyncio.timeout(max(budget, 0.0)):
                             result = await rt.adapter.submit(run.request, ctx)
@@ -534,6 +619,8 @@ class JobEngine:
                             # the provider's, so other tenants keep using it.
                             raise _NotTheProviders(exc) from exc
                         raise
+                    finally:
+                        rt.stats.end(outstanding)
             except GuardRejected:
                 return _Outcome(skipped=True)
             except _NotTheProviders as wrapped:
@@ -608,6 +695,7 @@ class JobEngine:
                         job.kind,
                         kept,
                         headers_for=(lambda url: hook(url, rt.config.api_key)) if hook else None,
+                        provider_host=host_of(rt.config.base_url),
                     )
             except AssetRejected as exc:
                 latency = self.clock.monotonic() - started
@@ -660,7 +748,8 @@ class JobEngine:
             await self.tenancy.auth_rejected(job.tenant, attempt.provider)
         if rt is not None:
             if kind not in CALLER_KINDS and kind != "rate_limited":
-                rt.stats.record(job.kind, False, None)
+                started = self.clock.monotonic() - latency
+                rt.stats.record(job.kind, False, None, started_s=started)
             self.metrics.observe_attempt(rt.name, job.kind, kind, latency)
         attempt.status = "failed"
         attempt.error_kind = kind
@@ -1089,6 +1178,7 @@ class JobEngine:
             ),
             webhook_url=webhook,
             trace_headers=trace_headers,
+            input_client=self.input_client,
         )
 
     @staticmethod
@@ -1165,12 +1255,20 @@ class JobEngine:
         return job
 
     def deliver_webhook(
-        self, provider: str, job_id: str | None, attempt_id: str | None, event: WebhookEvent
+        self,
+        provider: str,
+        job_id: str | None,
+        attempt_id: str | None,
+        event: WebhookEvent,
+        *,
+        forwarded: bool = False,
     ) -> bool:
         """Apply a verified webhook to the attempt it names; ``False`` when none matches.
 
         A webhook for an attempt given up on as "submission outcome unknown" reveals a
         duplicate submission: it is recorded and canceled upstream in the background.
+        A ``forwarded`` one (another replica received it, :mod:`router.webhook_relay`)
+        is only applied to a job running here: the receiver handled the rest.
         """
         run = self._runs.get(job_id) if job_id else None
         if run is not None:
@@ -1192,7 +1290,7 @@ class JobEngine:
                     )
                     return True
             return False
-        if job_id and attempt_id:
+        if job_id and attempt_id and not forwarded:
             self._spawn(self._late_webhook(provider, job_id, attempt_id, event), f"late {job_id}")
             return True
         return False

@@ -4,6 +4,16 @@
   (half-life ``half_life_s``), plus a prior of ``prior`` successes, so a provider with
   no data reads 1.0 and old failures fade instead of condemning an idle provider
   forever: ``(s + prior) / (s + f + prior)``.
+* **Failure streak**: provider failures since its last success, decaying with a short
+  half-life: ``streak_half_life_s`` times the number of failures in the streak, so each
+  failed trial backs off further (as Envoy's outlier ejection time grows with each
+  ejection). It is the fast signal: one failure steers traffic away at once (the
+  strategy divides health by ``1 + streak``), where the success ratio, built from
+  minutes of history, barely moves; a success clears it, and as it decays the provider
+  earns one trial call again.
+* **Outstanding attempts**, per kind: when each in-flight attempt started, so a
+  provider that stopped answering is seen before its first timeout (an attempt in
+  flight for longer than the latency estimate is a lower bound on the latency).
 * **Latency**, per kind: an EWMA with a fixed ``alpha`` of 0.2 per sample (the
   signal's resolution follows traffic, like TCP's SRTT), and a tail estimate
   ``mean + 3 × dev`` where ``dev`` is an EWMA of ``|x − mean|`` (Jacobson/Karels).
@@ -44,18 +54,46 @@ class _Latency:
 class ProviderStats:
     """Decaying success ratio and per-kind latency estimates for one provider."""
 
-    __slots__ = ("_bad", "_clock", "_last", "_latency", "_ok", "half_life_s", "prior")
+    __slots__ = (
+        "_bad",
+        "_clock",
+        "_last",
+        "_latency",
+        "_next_token",
+        "_ok",
+        "_outstanding",
+        "_streak",
+        "_streak_at",
+        "_streak_n",
+        "half_life_s",
+        "prior",
+        "streak_half_life_s",
+    )
 
-    def __init__(self, clock: Clock, half_life_s: float = 30.0, *, prior: float = 1.0) -> None:
-        if half_life_s <= 0 or prior < 0:
-            raise ValueError("half_life_s must be > 0 and prior >= 0")
+    def __init__(
+        self,
+        clock: Clock,
+        half_life_s: float = 30.0,
+        *,
+        prior: float = 1.0,
+        streak_half_life_s: float = 1.0,
+    ) -> None:
+        if half_life_s <= 0 or prior < 0 or streak_half_life_s <= 0:
+            raise ValueError("half-lives must be > 0 and prior >= 0")
         self._clock = clock
         self.half_life_s = half_life_s
         self.prior = prior
+        self.streak_half_life_s = streak_half_life_s
         self._ok = 0.0
         self._bad = 0.0
         self._last = clock.monotonic()
+        self._streak = 0.0
+        self._streak_at = self._last
+        self._streak_n = 0
         self._latency: dict[str, _Latency] = {}
+        #: Per kind: token → start of each attempt in flight, oldest first.
+        self._outstanding: dict[str, dict[int, float]] = {}
+        self._next_token = 0
 
     def _decay(self) -> None:
         now = self._clock.monotonic()
@@ -71,16 +109,70 @@ class ProviderStats:
 
         Called when a half-open probe closes the breaker; otherwise the outage's
         failures would keep its health low (and its traffic away) long after recovery.
+        Clears the failure streak as well.
         """
         self._bad = 0.0
+        self._streak = 0.0
+        self._streak_n = 0
 
-    def record(self, kind: str, ok: bool, latency_s: float | None = None) -> None:
-        """Count one provider outcome; ``latency_s`` (if given) feeds ``kind``'s estimates."""
+    @property
+    def failure_streak(self) -> float:
+        """Failures since the last success, decayed with a half-life of
+        ``streak_half_life_s`` × their number (a longer streak fades more slowly)."""
+        if self._streak == 0.0:
+            return 0.0
+        elapsed = max(self._clock.monotonic() - self._streak_at, 0.0)
+        decay: float = 0.5 ** (elapsed / (self.streak_half_life_s * max(self._streak_n, 1)))
+        return self._streak * decay
+
+    def begin(self, kind: str) -> int:
+        """Note that an attempt of ``kind`` started now; pass the token to :meth:`end`."""
+        token = self._next_token
+        self._next_token += 1
+        self._outstanding.setdefault(kind, {})[token] = self._clock.monotonic()
+        return token
+
+    def end(self, token: int) -> None:
+        """Note that the attempt :meth:`begin` returned ``token`` for is over."""
+        for started in self._outstanding.values():
+            if started.pop(token, None) is not None:
+                return
+
+    def oldest_outstanding_s(self, kind: str) -> float | None:
+        """Age of the oldest attempt of ``kind`` still in flight; ``None`` when none is."""
+        started = self._outstanding.get(kind)
+        if not started:
+            return None
+        # Insertion order is start order: the first entry is the oldest.
+        return max(self._clock.monotonic() - next(iter(started.values())), 0.0)
+
+    def record(
+        self,
+        kind: str,
+        ok: bool,
+        latency_s: float | None = None,
+        *,
+        started_s: float | None = None,
+    ) -> None:
+        """Count one provider outcome; ``latency_s`` (if given) feeds ``kind``'s estimates.
+
+        ``started_s`` (the attempt's start on the clock) keeps *blind* failures out of
+        the streak: an attempt sent before the streak's latest failure was known adds no
+        news (it was in flight when the provider failed), so a burst of calls caught by
+        one outage counts once. It still counts in the success ratio.
+        """
         self._decay()
         if ok:
             self._ok += 1.0
+            self._streak = 0.0
+            self._streak_n = 0
         else:
             self._bad += 1.0
+            blind = started_s is not None and self._streak > 0 and started_s < self._streak_at
+            if not blind:
+                self._streak = self.failure_streak + 1.0
+                self._streak_at = self._clock.monotonic()
+                self._streak_n += 1
         if latency_s is not None and latency_s >= 0:
             est = self._latency.get(kind)
             if est is None:

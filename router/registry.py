@@ -76,9 +76,13 @@ class ProviderRuntime:
             probe_available=breaker.probe_available if state == "half_open" else True,
             drained=self.drained,
             success_ratio=self.stats.success_ratio,
+            failure_streak=self.stats.failure_streak,
             healthy=self.healthy,
             latency_ewma_s={k: v for k in kinds if (v := self.stats.latency_ewma(k)) is not None},
             latency_tail_s={k: v for k in kinds if (v := self.stats.latency_tail(k)) is not None},
+            outstanding_s={
+                k: v for k in kinds if (v := self.stats.oldest_outstanding_s(k)) is not None
+            },
             inflight=guard.concurrency.inflight,
             max_concurrency=guard.concurrency.max,
             tokens_available=guard.bucket.available,
@@ -111,6 +115,7 @@ class ProviderRuntime:
             "max_concurrency": guard.concurrency.max,
             "latency_ewma_s": latency,
             "success_ratio": round(self.stats.success_ratio, 4),
+            "failure_streak": round(self.stats.failure_streak, 3),
             "cost": {
                 "per_image_usd": self.cost.per_image_usd,
                 "per_video_s_usd": self.cost.per_video_s_usd,

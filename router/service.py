@@ -19,14 +19,13 @@ from typing import Any
 import httpx
 import msgspec
 import structlog
-from httpx_aiohttp import AiohttpTransport
 from opentelemetry.trace import Tracer
 
 from breakers import RedisState, RetryBudget
 from breakers.clock import Clock, SystemClock
 from metrics import Metrics
 from metrics.tracing import setup_tracing
-from router import tenants
+from router import tenants, webhook_relay
 from router.adapters.registry import build_adapter
 from router.assets import AssetStore
 from router.auth import Authenticator
@@ -34,6 +33,7 @@ from router.callbacks import CallbackSender
 from router.config import Config, ProviderConfig, load_config
 from router.engine import JobEngine
 from router.errors import ConfigError
+from router.http_client import new_client
 from router.idempotency import IdempotencyKeys
 from router.registry import ProviderRegistry
 from router.replay import ReplayGuard
@@ -185,16 +185,11 @@ class Service:
         providers = await self._start_sandbox(config)
         self.store = open_store(config.storage.database_url)
         await self.store.start()
-        self.client = httpx.AsyncClient(
-            transport=AiohttpTransport(
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-                trust_env=False,
-            ),
-            trust_env=False,
-            follow_redirects=False,
-        )
+        self.client = new_client()
         if self.tracer is None:
             self.tracer = setup_tracing("switchman")
+        # Exported from the start (0 = not degraded) so alerts and dashboards have a series.
+        self.metrics.set_degraded("redis", False)
         if config.storage.redis_url and self.shared_state is None:
             self.shared_state = RedisState(
                 config.storage.redis_url,
@@ -203,6 +198,7 @@ class Service:
                 replicas_hint=config.storage.replicas_hint,
                 on_degraded=lambda degraded: self.metrics.set_degraded("redis", degraded),
             )
+            self.shared_state.on_webhook = self._apply_forwarded_webhook
         self.registry = ProviderRegistry(
             providers,
             clock=self.clock,
@@ -236,6 +232,7 @@ class Service:
         await tenants.attach(self)  # before jobs resume, so resumed jobs settle their usage
         await self._start_jobs(config)
         tenants.guard_callbacks(self)
+        tenants.guard_input_images(self)
         self.auth = Authenticator(config.tenants)
         self.ready = True
         _log.info("service.started", providers=list(self.registry.names))
@@ -249,6 +246,8 @@ class Service:
         if self.engine is not None:
             await self.engine.close(grace_s)
             await tenants.detach(self)
+            if self.engine.assets is not None:
+                await self.engine.assets.aclose()
         if self.client is not None:
             await self.client.aclose()
         if self.store is not None:
@@ -366,6 +365,18 @@ class Service:
         log = _log.warning if new == "open" else _log.info
         log(f"breaker.{'opened' if new == 'open' else new}", provider=provider, previous=old)
 
+    def _apply_forwarded_webhook(self, payload: object) -> None:
+        """A webhook another replica received (see :mod:`router.webhook_relay`)."""
+        if self.engine is None:
+            return
+        try:
+            provider, job_id, attempt_id, event = webhook_relay.decode(payload)
+        except (KeyError, TypeError, msgspec.ValidationError):
+            _log.warning("webhook.forward_unreadable")
+            return
+        if self.engine.deliver_webhook(provider, job_id, attempt_id, event, forwarded=True):
+            _log.info("webhook.forward_applied", provider=provider, job_id=job_id)
+
     async def _start_jobs(self, config: Config) -> None:
         """Assets, callbacks and idempotency keys; then resume what a previous process left."""
         assert self.engine is not None
@@ -378,6 +389,7 @@ class Service:
                 self.client,
                 self.clock,
                 public_url=config.server.public_url,
+                guard_downloads=True,
             )
         if config.security.callback_secret is not None:
             self.engine.callbacks = CallbackSender(config.security, self.client, self.clock)

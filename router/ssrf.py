@@ -50,6 +50,7 @@ import httpcore
 import httpx
 
 from router.errors import FieldError, ValidationFailed
+from router.http_client import NoCookieJar
 
 __all__ = [
     "BlockedAddress",
@@ -60,6 +61,7 @@ __all__ = [
     "address_problem",
     "check_url",
     "guarded_client",
+    "read_capped",
     "safe_get",
     "url_problem",
 ]
@@ -331,6 +333,7 @@ def guarded_client(
         follow_redirects=False,
         trust_env=False,
         timeout=timeout_s,
+        cookies=NoCookieJar(),  # downloads carry no cookies (see router.http_client)
     )
 
 
@@ -345,16 +348,25 @@ async def safe_get(
     if (why := url_problem(url, policy)) is not None:
         raise ValueError(why)
     async with client.stream("GET", url, follow_redirects=False) as response:
-        if response.status_code != 200:
-            raise ValueError(f"fetching it returned {response.status_code}")
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_bytes:
+        return await read_capped(response, max_bytes)
+
+
+async def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    """A streamed 200 response's body, refused (``ValueError``) past ``max_bytes``.
+
+    The declared length is checked first and the running total after every chunk,
+    so an oversized body is never held whole in memory.
+    """
+    if response.status_code != 200:
+        raise ValueError(f"fetching it returned {response.status_code}")
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise ValueError(f"it is larger than {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
             raise ValueError(f"it is larger than {max_bytes} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > max_bytes:
-                raise ValueError(f"it is larger than {max_bytes} bytes")
-            chunks.append(chunk)
+        chunks.append(chunk)
     return b"".join(chunks)

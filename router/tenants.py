@@ -72,6 +72,7 @@ __all__ = [
     "detach",
     "estimate_cost",
     "guard_callbacks",
+    "guard_input_images",
     "month_of",
     "seconds_to_next_month",
 ]
@@ -317,6 +318,8 @@ class Tenancy:
         self._flusher: asyncio.Task[None] | None = None
         #: The SSRF-guarded client callbacks are sent with (see :func:`guard_callbacks`).
         self.callback_http: httpx.AsyncClient | None = None
+        #: The SSRF-guarded client input images are fetched with (see :func:`guard_input_images`).
+        self.input_http: httpx.AsyncClient | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -630,12 +633,26 @@ def guard_callbacks(service: Service) -> None:
         engine.callbacks.client = tenancy.callback_http
 
 
+def guard_input_images(service: Service) -> None:
+    """Fetch callers' input images through a client that checks every address at connect time."""
+    engine = service.engine
+    if engine is None or engine.tenancy is None:
+        return
+    tenancy = engine.tenancy
+    if isinstance(tenancy, Tenancy):
+        tenancy.input_http = guarded_client(tenancy.input_image_policy(), _LateResolver(tenancy))
+        engine.input_client = tenancy.input_http
+
+
 async def detach(service: Service) -> None:
     """Stop the refresher and close the callback client (after the engine stopped)."""
     engine = service.engine
     tenancy = engine.tenancy if engine is not None else None
     if isinstance(tenancy, Tenancy):
         await tenancy.stop()
+        if tenancy.input_http is not None:
+            await tenancy.input_http.aclose()
+            tenancy.input_http = None
         if tenancy.callback_http is not None:
             await tenancy.callback_http.aclose()
             tenancy.callback_http = None

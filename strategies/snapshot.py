@@ -73,11 +73,15 @@ class ProviderSnapshot:
     drained: bool = False
     #: Success ratio over the decaying window, 0..1 (1.0 with no data).
     success_ratio: float = 1.0
+    #: Provider failures since its last success, decayed over seconds (0 after a success).
+    failure_streak: float = 0.0
     #: Result of the latest active probe; ``False`` means the provider is known unhealthy.
     healthy: bool = True
     #: Latency estimates per kind (EWMA and a tail estimate), seconds.
     latency_ewma_s: Mapping[str, float] = field(default_factory=dict)
     latency_tail_s: Mapping[str, float] = field(default_factory=dict)
+    #: Per kind, how long the oldest attempt still in flight has been running, seconds.
+    outstanding_s: Mapping[str, float] = field(default_factory=dict)
     inflight: int = 0
     max_concurrency: int | None = None
     #: Token-bucket level and capacity (level already lowered by upstream headers).

@@ -15,9 +15,22 @@ A decision has three steps:
    latency estimate exceeds the caller's remaining time goes after every
    provider that can still make the deadline.
 3. *Break near-ties* at the top by power-of-two-choices: among candidates
-   whose score is within ``near_tie`` of the best, two are drawn at random and
-   the less loaded one goes first, so replicas sharing one view of the world
-   do not all herd onto the same provider.
+   whose score is within ``near_tie`` of the best *and* whose price is within
+   ``near_tie`` of the leader's, two are drawn at random and the less loaded
+   one goes first, so replicas sharing one view of the world do not all herd
+   onto the same provider. A real price gap is never a tie: load-spreading
+   must not quietly buy the dearer provider.
+
+``balanced`` reads a provider's health on two time scales: the decayed success
+ratio (tens of seconds) times ``1 / (1 + failure streak)``, the failures since
+its last success decayed over seconds, so the first failure or two steer traffic
+away before the breaker trips. A provider that failed since its last success,
+or whose oldest attempt in flight is overdue (older than its tail latency
+estimate), is *on trial*: while it has an attempt in flight it ranks after every
+provider that is not, so a doubtful provider gets one call at a time, as a
+half-open breaker does. A half-open provider with a free probe slot is scored as
+if its probe will succeed (health 1): the probe is how recovery is seen, and
+scoring it down would leave it half-open forever behind healthy providers.
 
 Every candidate carries the ``balanced`` components (``health``, ``latency``,
 ``cost``, ``load``, ``weight``), whatever the policy, so any decision can be
@@ -53,9 +66,14 @@ _SOFT_CONCURRENCY: Final = 8.0
 #: is tried and measured. A neutral 0.5 lost to a lone *known* provider (which scores
 #: 1.0 against itself however slow it is), so a 1.5 s provider kept all the traffic.
 _UNKNOWN_LATENCY: Final = 1.0
-#: Added to both sides of the latency ratio: gaps well under 100 ms mean nothing to a
-#: generation caller and must not outweigh price (12 ms vs 46 ms scored 0.26 without it).
+#: The latency gap a generation caller does not notice. The latency component is
+#: ``(best + F) / (best + F + excess)`` where a gap ``g`` over the best counts as
+#: ``excess = g² / (g + F)``: about ``g`` once ``g`` is well over ``F``, but only
+#: ``g² / F`` under it, so a 30 ms gap costs 0.05 where a plain ratio charged 0.2, and
+#: a few tens of milliseconds can no longer outweigh a 50 % price gap (chaos bench).
 _LATENCY_FLOOR_S: Final = 0.1
+#: A failure streak below this counts as none (a streak decays but never reaches 0).
+_STREAK_EPSILON: Final = 0.01
 #: Below this token-bucket fill the health component starts to shrink.
 _HEADROOM_KNEE: Final = 0.5
 #: Policies whose ties are broken by power-of-two-choices. ``priority`` is the
@@ -76,6 +94,7 @@ class _Row:
         "over_deadline",
         "provider",
         "score",
+        "trial_busy",
     )
 
     def __init__(
@@ -86,6 +105,8 @@ class _Row:
         self.cost = cost
         self.latency = latency
         self.over_deadline = False
+        #: On trial (recent failures, or an overdue attempt) with an attempt in flight.
+        self.trial_busy = False
         self.score = 0.0
         self.components: dict[str, float] = {}
         self.key: tuple[float, ...] = ()
@@ -163,7 +184,7 @@ class ProviderStrategy:
         self._score(rows, request)
         if policy == "balanced":
             for r in rows:
-                r.key = (r.over_deadline, -r.score, r.provider.priority, r.index)
+                r.key = (r.over_deadline, r.trial_busy, -r.score, r.provider.priority, r.index)
         elif policy == "cheapest":
             for r in rows:
                 r.score = r.components["cost"]
@@ -213,35 +234,56 @@ class ProviderStrategy:
         return Ranking(policy=policy, candidates=candidates, excluded=tuple(excluded))
 
     def _score(self, rows: list[_Row], request: RouteRequest) -> None:
-        """Fill each row's components, balanced score and deadline flag."""
+        """Fill each row's components, balanced score, deadline and trial flags."""
         min_cost = min(r.cost for r in rows)
-        known = [r.latency for r in rows if r.latency is not None]
+        kind = request.kind
+        # The latency scored: the EWMA, raised to the age of the oldest attempt still in
+        # flight (a lower bound on that attempt's latency), so a provider that stopped
+        # answering loses its lead before its first timeout.
+        scored: list[float | None] = []
+        for r in rows:
+            age = r.provider.outstanding_s.get(kind)
+            if age is None:
+                scored.append(r.latency)
+            elif r.latency is None:
+                scored.append(age if age > 0 else None)
+            else:
+                scored.append(max(r.latency, age))
+        known = [lat for lat in scored if lat is not None]
         min_latency = min(known) if known else 0.0
         if len(known) < len(rows):
             # Optimism under uncertainty: an unmeasured provider might be twice as fast
             # as the best measured one, so a lone slow measurement cannot score 1.0.
             min_latency /= 2
         remaining = request.remaining_s
-        kind = request.kind
         wh, wl, wc, wld = self._w_health, self._w_latency, self._w_cost, self._w_load
-        for r in rows:
+        base = min_latency + _LATENCY_FLOOR_S
+        for r, lat in zip(rows, scored, strict=True):
             p = r.provider
-            # Health: the success ratio, shrunk as the token bucket empties (a
-            # nearly throttled provider is about to answer 429) and halved for a
-            # half-open probe (one trial call, not a recovered provider).
-            health = min(max(p.success_ratio, 0.0), 1.0)
+            streak = p.failure_streak if p.failure_streak >= _STREAK_EPSILON else 0.0
+            # Health: the success ratio over the failure streak, shrunk as the token
+            # bucket empties (a nearly throttled provider is about to answer 429). A
+            # half-open probe is scored as if it will succeed: its verdict is the news.
+            if p.breaker == "half_open":
+                health = 1.0
+            else:
+                health = min(max(p.success_ratio, 0.0), 1.0) / (1.0 + max(streak, 0.0))
             if p.tokens_capacity > 0:
                 fill = p.tokens_available / p.tokens_capacity
                 if fill < _HEADROOM_KNEE:
                     health *= 0.5 + fill
-            if p.breaker == "half_open":
-                health *= 0.5
-            if r.latency is None:
+            if lat is None:
                 latency = _UNKNOWN_LATENCY
-            elif r.latency <= 0:
+            elif lat <= min_latency:
                 latency = 1.0
             else:
-                latency = (min_latency + _LATENCY_FLOOR_S) / (r.latency + _LATENCY_FLOOR_S)
+                gap = lat - min_latency
+                latency = base / (base + gap * gap / (gap + _LATENCY_FLOOR_S))
+            if p.breaker == "closed" and p.inflight > 0:
+                age = p.outstanding_s.get(kind)
+                tail = latency_estimate_s(p, kind)
+                overdue = age is not None and tail is not None and age > tail
+                r.trial_busy = streak > 0 or overdue
             cost = 1.0 if r.cost <= 0 else min_cost / r.cost
             if p.max_concurrency:
                 load = max(0.0, 1.0 - p.inflight / p.max_concurrency)
@@ -268,11 +310,20 @@ class ProviderStrategy:
         first = rows[0]
         best = first.score
         floor = best - self._near_tie * abs(best)
+        price_cap = first.cost * (1.0 + self._near_tie)
+        price_floor = first.cost * (1.0 - self._near_tie)
         tied = 1
         for r in rows[1:]:
-            if r.over_deadline != first.over_deadline or r.score < floor:
+            if (
+                r.over_deadline != first.over_deadline
+                or r.trial_busy != first.trial_busy
+                or r.score < floor
+            ):
                 break
-            tied += 1
+            if price_floor <= r.cost <= price_cap:
+                tied += 1
+                continue
+            break
         if tied < 2:
             return
         i = rng.randrange(tied)

@@ -59,6 +59,10 @@ class AttemptContext:
     webhook_url: str | None = None
     #: ``traceparent``/``tracestate`` to propagate upstream.
     trace_headers: Mapping[str, str] = field(default_factory=dict)
+    #: The client for caller-supplied URLs (``input_image_url``): every connection it
+    #: makes is checked against the SSRF policy, so a name that passed admission and
+    #: then rebinds to an internal address is never reached. ``None``: ``client``.
+    input_client: httpx.AsyncClient | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,12 @@ from router.adapters.base import (
     WebhookEvent,
 )
 from router.adapters.capabilities import capability_problem
-from router.adapters.http_util import parse_rate_limit, parse_retry_after, safe_json
+from router.adapters.http_util import (
+    parse_rate_limit,
+    parse_retry_after,
+    safe_json,
+    transport_error,
+)
 from router.adapters.webhook_sigs import ed25519_keys_from_jwks, header, verify_fal
 from router.config import ProviderConfig
 from router.errors import ConfigError, ErrorKind, UpstreamError
@@ -555,12 +560,7 @@ class FalAdapter:
     def _transport_error(
         self, kind: ErrorKind, exc: Exception, upstream_id: str | None = None
     ) -> UpstreamError:
-        return UpstreamError(
-            kind,
-            f"{type(exc).__name__}: {exc}".rstrip(": "),
-            provider=self.config.name,
-            upstream_id=upstream_id,
-        )
+        return transport_error(self.config.name, kind, exc, upstream_id)
 
     def _status_error(
         self, response: httpx.Response, upstream_id: str | None = None

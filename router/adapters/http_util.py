@@ -13,16 +13,21 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import httpx
 import msgspec
 
-from router.adapters.base import RateLimitHint
+from router.adapters.base import AttemptContext, RateLimitHint
+from router.errors import ErrorKind, UpstreamError
+from router.ssrf import read_capped
 
 __all__ = [
     "error_fields",
+    "fetch_input",
     "parse_duration",
     "parse_rate_limit",
     "parse_retry_after",
     "safe_json",
+    "transport_error",
 ]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
@@ -131,4 +136,33 @@ def error_fields(body: bytes) -> tuple[str | None, str | None, str]:
         code if isinstance(code, str) else None,
         type_ if isinstance(type_, str) else None,
         message if isinstance(message, str) else "",
+    )
+
+
+async def fetch_input(
+    ctx: AttemptContext, url: str, *, max_bytes: int, phase_timeouts: httpx.Timeout | float
+) -> tuple[bytes, str | None]:
+    """GET a caller's ``input_image_url``: its bytes and content type.
+
+    Goes through ``ctx.input_client`` (the connect-time SSRF guard) when the service
+    has one, follows no redirect and stops reading past ``max_bytes``; the attempt's own
+    total timeout bounds it (``phase_timeouts`` are httpx's per-phase ones). Raises
+    ``httpx.HTTPError`` (a refused address included) or ``ValueError`` with a message
+    safe to show the caller.
+    """
+    client = ctx.input_client or ctx.client
+    stream = client.stream("GET", url, timeout=phase_timeouts, follow_redirects=False)
+    async with stream as response:
+        return await read_capped(response, max_bytes), response.headers.get("content-type")
+
+
+def transport_error(
+    provider: str, kind: ErrorKind, exc: Exception, upstream_id: str | None = None
+) -> UpstreamError:
+    """An :class:`UpstreamError` for a call that got no usable HTTP answer (every adapter)."""
+    return UpstreamError(
+        kind,
+        f"{type(exc).__name__}: {exc}".rstrip(": "),
+        provider=provider,
+        upstream_id=upstream_id,
     )

@@ -26,7 +26,12 @@ from router.adapters.base import (
     SubmitResult,
     WebhookEvent,
 )
-from router.adapters.http_util import error_fields, parse_rate_limit, parse_retry_after
+from router.adapters.http_util import (
+    error_fields,
+    parse_rate_limit,
+    parse_retry_after,
+    transport_error,
+)
 from router.config import ProviderConfig
 from router.errors import ErrorKind, UpstreamError
 from router.models import GenerationRequest, Output
@@ -132,7 +137,8 @@ class OpenAIAdapter:
         self._clock: Clock = clock or SystemClock()
         root = config.base_url.rstrip("/")
         self._root = root if root.endswith("/v1") else f"{root}/v1"
-        self._generations_url = f"{self._root}/images/generations"
+        # Parsed once: httpx re-parses a str URL on every request.
+        self._generations_url = httpx.URL(f"{self._root}/images/generations")
         self._timeout = httpx.Timeout(config.timeouts.request_s, connect=config.timeouts.connect_s)
 
     # -- selection --------------------------------------------------------------------
@@ -274,9 +280,7 @@ class OpenAIAdapter:
         )
 
     def _transport_error(self, kind: ErrorKind, exc: Exception) -> UpstreamError:
-        return UpstreamError(
-            kind, f"{type(exc).__name__}: {exc}".rstrip(": "), provider=self.config.name
-        )
+        return transport_error(self.config.name, kind, exc)
 
     def _status_error(self, response: httpx.Response) -> UpstreamError:
         status = response.status_code

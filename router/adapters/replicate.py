@@ -47,7 +47,12 @@ from router.adapters.base import (
     WebhookEvent,
 )
 from router.adapters.capabilities import capability_problem
-from router.adapters.http_util import parse_rate_limit, parse_retry_after, safe_json
+from router.adapters.http_util import (
+    parse_rate_limit,
+    parse_retry_after,
+    safe_json,
+    transport_error,
+)
 from router.adapters.webhook_sigs import verify_standard
 from router.config import ProviderConfig
 from router.errors import ConfigError, ErrorKind, UpstreamError
@@ -485,12 +490,7 @@ class ReplicateAdapter:
     def _transport_error(
         self, kind: ErrorKind, exc: Exception, upstream_id: str | None = None
     ) -> UpstreamError:
-        return UpstreamError(
-            kind,
-            f"{type(exc).__name__}: {exc}".rstrip(": "),
-            provider=self.config.name,
-            upstream_id=upstream_id,
-        )
+        return transport_error(self.config.name, kind, exc, upstream_id)
 
     def _status_error(
         self, response: httpx.Response, upstream_id: str | None = None

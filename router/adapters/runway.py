@@ -35,7 +35,7 @@ from router.adapters.base import (
     UpstreamStatus,
     WebhookEvent,
 )
-from router.adapters.http_util import parse_retry_after, safe_json
+from router.adapters.http_util import parse_retry_after, safe_json, transport_error
 from router.config import ProviderConfig
 from router.errors import ErrorKind, UpstreamError
 from router.models import GenerationRequest, Output
@@ -470,9 +470,7 @@ class RunwayAdapter:
         raise error
 
     def _transport_error(self, kind: ErrorKind, exc: Exception) -> UpstreamError:
-        return UpstreamError(
-            kind, f"{type(exc).__name__}: {exc}".rstrip(": "), provider=self.config.name
-        )
+        return transport_error(self.config.name, kind, exc)
 
     def _status_error(self, response: httpx.Response) -> UpstreamError:
         status = response.status_code

@@ -38,7 +38,7 @@ from router.adapters.base import (
     SubmitResult,
     WebhookEvent,
 )
-from router.adapters.http_util import parse_retry_after, safe_json
+from router.adapters.http_util import fetch_input, parse_retry_after, safe_json, transport_error
 from router.config import ProviderConfig
 from router.errors import CALLER_KINDS, ErrorKind, UpstreamError
 from router.models import GenerationRequest, Output
@@ -435,12 +435,13 @@ class StabilityAdapter:
                 raise self._input_error(f"undecodable data URL: {exc}") from exc
         else:
             try:
-                response = await ctx.client.get(url, timeout=self._timeout)
+                data, _ = await fetch_input(
+                    ctx, url, max_bytes=_MAX_UPLOAD, phase_timeouts=self._timeout
+                )
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise self._input_error(f"could not fetch it: {type(exc).__name__}") from exc
-            if response.status_code != 200:
-                raise self._input_error(f"fetching it returned {response.status_code}")
-            data = response.content
+            except ValueError as exc:
+                raise self._input_error(str(exc)) from exc
         if not data:
             raise self._input_error("it is empty")
         if len(data) > _MAX_UPLOAD:
@@ -453,9 +454,7 @@ class StabilityAdapter:
         )
 
     def _transport_error(self, kind: ErrorKind, exc: Exception) -> UpstreamError:
-        return UpstreamError(
-            kind, f"{type(exc).__name__}: {exc}".rstrip(": "), provider=self.config.name
-        )
+        return transport_error(self.config.name, kind, exc)
 
     def _status_error(self, response: httpx.Response) -> UpstreamError:
         status = response.status_code

@@ -51,7 +51,13 @@ from router.adapters.base import (
     SubmitResult,
     WebhookEvent,
 )
-from router.adapters.http_util import parse_duration, parse_retry_after, safe_json
+from router.adapters.http_util import (
+    fetch_input,
+    parse_duration,
+    parse_retry_after,
+    safe_json,
+    transport_error,
+)
 from router.config import ProviderConfig
 from router.errors import ConfigError, ErrorKind, UpstreamError
 from router.models import GenerationRequest, Output
@@ -366,16 +372,16 @@ class VeoAdapter:
                 raise self._bad_image("the input image data: URL is not valid base64") from exc
             return {"bytesBase64Encoded": base64.b64encode(raw).decode("ascii"), "mimeType": mime}
         try:
-            response = await ctx.client.get(url, timeout=self._timeout)
+            data, content_type = await fetch_input(
+                ctx, url, max_bytes=MAX_INPUT_IMAGE_BYTES, phase_timeouts=self._timeout
+            )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self._bad_image(f"cannot fetch the input image: {type(exc).__name__}") from exc
-        if response.status_code != 200:
-            raise self._bad_image(f"fetching the input image gave HTTP {response.status_code}")
-        if len(response.content) > MAX_INPUT_IMAGE_BYTES:
-            raise self._bad_image("the input image is larger than 20 MiB")
-        mime = response.headers.get("content-type", "image/png").split(";")[0].strip()
+        except ValueError as exc:
+            raise self._bad_image(f"the input image is unusable: {exc}") from exc
+        mime = (content_type or "image/png").split(";")[0].strip()
         return {
-            "bytesBase64Encoded": base64.b64encode(response.content).decode("ascii"),
+            "bytesBase64Encoded": base64.b64encode(data).decode("ascii"),
             "mimeType": mime if mime.startswith("image/") else "image/png",
         }
 
@@ -517,12 +523,7 @@ class VeoAdapter:
     def _transport_error(
         self, kind: ErrorKind, exc: Exception, upstream_id: str | None
     ) -> UpstreamError:
-        return UpstreamError(
-            kind,
-            f"{type(exc).__name__}: {exc}".rstrip(": "),
-            provider=self.config.name,
-            upstream_id=upstream_id,
-        )
+        return transport_error(self.config.name, kind, exc, upstream_id)
 
     def _status_error(self, response: httpx.Response, upstream_id: str | None) -> UpstreamError:
         status = response.status_code

@@ -66,12 +66,22 @@ class _UlidSource:
                 rand = int.from_bytes(os.urandom(10), "big") >> 1
             self._last_ms = ms
             self._last_rand = rand
-        value = (ms << _RANDOM_BITS) | rand
-        chars = []
-        for _ in range(26):
-            chars.append(_CROCKFORD[value & 31])
-            value >>= 5
-        return "".join(reversed(chars))
+        return _crockford26((ms << _RANDOM_BITS) | rand)
+
+
+def _crockford26(value: int) -> str:
+    """A 128-bit integer as 26 Crockford base32 digits, most significant first."""
+    # Ten bits at a time through a 1,024-entry table: a quarter of the loop turns.
+    pairs = _PAIRS
+    out = [pairs[value & 1023]]
+    for _ in range(12):
+        value >>= 10
+        out.append(pairs[value & 1023])
+    out.reverse()
+    return "".join(out)
+
+
+_PAIRS: tuple[str, ...] = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
 
 
 _ULIDS = _UlidSource()
@@ -194,11 +204,20 @@ class AssetRecord:
     duration_s: float | None = None
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def format_timestamp(ts: float) -> str:
     """Unix seconds as RFC 3339 UTC with milliseconds, e.g. ``2025-01-02T03:04:05.678Z``."""
+    global _last_second  # a one-entry cache, swapped whole, so threads never see half
     whole = int(ts // 1)
     ms = min(int((ts - whole) * 1000), 999)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
+    # A job's timestamps mostly fall in the same second: format that second once.
+    second, text = _last_second
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _last_second = (whole, text)
+    return f"{text}.{ms:03d}Z"
 
 
 def to_api_attempt(a: AttemptRecord) -> Attempt:

@@ -36,6 +36,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -838,6 +839,8 @@ class _SqliteRunner:
     #: How long an operation keeps retrying a locked database before it fails.
     LOCKED_GIVE_UP_S = 5.0
     CHECKPOINT_EVERY_S = 1.0
+    #: A WAL larger than this is restarted after the passive checkpoint (see :func:`_checkpoint`).
+    WAL_RESTART_BYTES = 64 * 1024 * 1024
 
     def __init__(self, url: URL, options: dict[str, Any]) -> None:
         self._url = url.set(drivername="sqlite")
@@ -916,13 +919,29 @@ class _SqliteRunner:
         while True:
             await asyncio.sleep(self.CHECKPOINT_EVERY_S)
             with contextlib.suppress(Exception):  # best effort; the next round retries
-                await asyncio.to_thread(_checkpoint, path)
+                await asyncio.to_thread(_checkpoint, path, self.WAL_RESTART_BYTES)
 
 
-def _checkpoint(path: str) -> None:
+def _checkpoint(path: str, restart_over_bytes: int) -> None:
+    """Copy the WAL into the database; restart the WAL once it is over the limit.
+
+    A passive checkpoint never blocks the writer, but under steady writes it never
+    finds the log fully copied at the instant a write begins, so SQLite never rewinds
+    it: the file grew by ~70 KB per job without bound (127 MB after 1,800 jobs,
+    measured). After the passive pass almost nothing is left to copy, so a RESTART
+    holds writers off only briefly (the event loop's writes back off with an
+    ``await``, see ``_SqliteRunner.run``) and the next commit writes from the start
+    of the file again, so it stays near the limit.
+    """
     conn = sqlite3.connect(path, timeout=1.0)
     try:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        try:
+            size = os.path.getsize(path + "-wal")
+        except OSError:
+            return
+        if size > restart_over_bytes:
+            conn.execute("PRAGMA wal_checkpoint(RESTART)")
     finally:
         conn.close()
 

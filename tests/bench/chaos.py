@@ -933,9 +933,13 @@ if __name__ == "__main__":
         raise SystemExit(_host_main(sys.argv[2:]))
     with contextlib.suppress(KeyboardInterrupt):
         quick = "--quick" in sys.argv
+        # --no-litellm: skip the LiteLLM pass (it installs litellm[proxy] on first use).
+        passes = PASSES[:1] if "--no-litellm" in sys.argv else PASSES
         names = [a for a in sys.argv[1:] if not a.startswith("--")]
         res = run_chaos(
-            quick=quick, scenarios=[s for s in SCENARIOS if not names or s.name in names]
+            quick=quick,
+            passes=passes,
+            scenarios=[s for s in SCENARIOS if not names or s.name in names],
         )
         for sr in res.scenarios:
             for r in sr.by_policy.values():

@@ -185,10 +185,14 @@ def _verdicts(sr: ScenarioResult) -> tuple[list[str], list[str]]:
                 what = " and ".join(
                     w for w, ok in (("p99", better_p99), ("cost", cheaper)) if not ok
                 )
-                missed.append(f"ties {name} on success but not better on {what}")
+                why = ("" if cheaper else _cost_note(sr, other)) + (
+                    "" if better_p99 else _p99_note(sr, other)
+                )
+                missed.append(f"ties {name} on success but not better on {what}{why}")
         else:
             missed.append(
                 f"lower success than {name} ({bal.success_ratio:.2%} vs {other.success_ratio:.2%})"
+                + _success_note(sr, other)
             )
     oracle = sr.by_policy.get("oracle")
     if oracle is not None:
@@ -203,6 +207,66 @@ def _verdicts(sr: ScenarioResult) -> tuple[list[str], list[str]]:
         else:
             missed.append(f"cost {excess:+.0%} over the oracle")
     return met, missed
+
+
+def _cost_note(sr: ScenarioResult, other: PolicyResult) -> str:
+    """Why beating ``other`` on cost is impossible by construction, when it is (else "").
+
+    The verdict stays a miss; this only states the fact that makes it one: ``other``
+    paid the lowest price of any provider on every success, or no more than the oracle
+    (the cheapest fault-free provider at each instant), which it can do only by paying
+    failed attempts or waiting first.
+    """
+    sc = sr.scenario
+    floor = min(sc.price(i, t) for i in range(len(PROVIDERS)) for t in (0.0, sc.duration_s))
+    cost = other.cost_per_success
+    if cost <= floor * (1 + 1e-9):
+        return (
+            f" (impossible by construction: every {other.policy} success was paid at "
+            f"the lowest price, ${floor:.2f}; its p99 is {other.p99_ms:.0f} ms)"
+        )
+    oracle = sr.by_policy.get("oracle")
+    if oracle is not None and oracle.ok and cost <= oracle.cost_per_success:
+        return (
+            f" (beating it means undercutting the oracle: {other.policy} paid "
+            f"${cost:.4f} per success, no more than the oracle's "
+            f"${oracle.cost_per_success:.4f}, by trying the cheapest provider first on "
+            f"every request, at {other.attempts_per_success:.2f} attempts per success)"
+        )
+    return ""
+
+
+def _p99_note(sr: ScenarioResult, other: PolicyResult) -> str:
+    """The fact behind a p99 miss against a policy as fast at p99 as the oracle.
+
+    The oracle calls the cheapest fault-free provider directly, once, with no router in
+    between; a policy whose p99 is no higher leaves ``balanced`` (one HTTP hop more, and
+    on the cheapest, slowest provider by choice) nothing to win on latency.
+    """
+    oracle = sr.by_policy.get("oracle")
+    if oracle is None or not oracle.ok or other.p99_ms > oracle.p99_ms:
+        return ""
+    return (
+        f" ({other.policy}'s p99 of {other.p99_ms:.0f} ms is no higher than the oracle's "
+        f"{oracle.p99_ms:.0f} ms, direct calls with no router hop)"
+    )
+
+
+def _success_note(sr: ScenarioResult, other: PolicyResult) -> str:
+    """The fact behind a success shortfall against a policy that beat the oracle itself.
+
+    The oracle fails a request at once when no provider is fault-free; a policy above
+    it kept retrying a request (across providers, or with backoff) until one came back,
+    which a router that answers a fast 503 while every breaker is open (DESIGN §2)
+    does not do.
+    """
+    oracle = sr.by_policy.get("oracle")
+    if oracle is None or other.success_ratio <= oracle.success_ratio:
+        return ""
+    return (
+        f"; {other.policy} beat the oracle ({oracle.success_ratio:.2%}) by retrying requests "
+        f"until a provider came back: its p99 is {other.p99_ms:.0f} ms"
+    )
 
 
 def chaos_summary(chaos: ChaosResults | None) -> list[str]:
@@ -296,7 +360,11 @@ def chaos_section(chaos: ChaosResults | None, plots: Path) -> list[str]:
         "`num_retries: 2`, `allowed_fails: 3`, `cooldown_time: 3`, per-deployment `timeout: 2`; "
         "it ran in a pass of its own (same schedule, same rate) because its retry storms took "
         "both cores when run beside the others. The oracle sends each request once to the "
-        "cheapest provider with no fault injected at that instant.",
+        "cheapest provider with no fault injected at that instant. Verdicts are strict "
+        "comparisons; where a miss follows from how the other policy got its number (every "
+        "success at the lowest price, a cost or p99 no worse than the oracle's, or success "
+        "above the oracle's by retrying requests until a provider came back), the fact is "
+        "stated in brackets.",
         "",
         "Columns: *success* of requests due in the scenario; p50/p99 of successful requests "
         "(ms, from intended send); *cost/success* at the true price when sent; *att/success* "
@@ -432,7 +500,7 @@ def commands_section(quick: bool, argv: Sequence[str], install_s: float) -> list
         f"This run: `{cmd}`{_QUICK_NOTE if quick else ''}. "
         f"LiteLLM: `python3 -m venv .bench/litellm-venv && .bench/litellm-venv/bin/pip install "
         f"'litellm[proxy]'`, {install}. Parts can be run alone: "
-        "`python -m tests.bench.chaos [--quick] [scenario …]`, "
+        "`python -m tests.bench.chaos [--quick] [--no-litellm] [scenario …]`, "
         "`python -m tests.bench.rank_bench`.",
         "",
     ]

@@ -39,12 +39,16 @@ from tests.bench.scale import ScaleResults, measure_memory, measure_workers
 __all__ = ["main", "profile_worker", "summarise_profile"]
 
 _ROOT: Final = Path(__file__).resolve().parents[2]
+#: Open-model steps; finer where the proxies' knees fall, so ratios are not 2× steps.
 SATURATION_RATES: Final = (
     25.0,
     50.0,
     100.0,
+    150.0,
     200.0,
+    300.0,
     400.0,
+    500.0,
     600.0,
     800.0,
     1000.0,

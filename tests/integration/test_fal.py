@@ -270,7 +270,7 @@ async def test_bad_stale_and_replayed_webhooks_leave_the_job_alone(tmp_path: Pat
 
         good = await post(emu.webhook_headers(rid, done, now))
         assert good.status_code == 202
-        assert good.json() == {"status": "accepted", "applied": True}
+        assert good.json() == {"status": "accepted", "applied": True, "forwarded": False}
         assert running.service.engine is not None
         await running.service.engine.wait(job_id, 10)
         finished = (await running.client.get(f"/v1/generations/{job_id}")).json()

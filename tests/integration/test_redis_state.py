@@ -43,6 +43,13 @@ def provider_config(**overrides: Any) -> ProviderConfig:
     return msgspec.convert(raw, ProviderConfig)
 
 
+async def eventually(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
+    """Wait until ``condition()`` holds: another replica's message is on its way."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
 class Replica:
     """One process's worth of shared state and a guard for provider ``p1``."""
 
@@ -220,15 +227,16 @@ async def test_cooldown_and_drain_reach_every_replica(replicas: Callable[..., Re
         async with a.guard.attempt():
             raise UpstreamError("rate_limited", "429", provider="p1", retry_after_s=30)
     await a.state.drain_background()
+    # B hears of it through pub/sub: delivery is asynchronous, so wait (bounded) for it.
+    await eventually(lambda: b.guard.admission_reason() == "cooling_down")
     assert b.guard.cooldown.remaining_s == pytest.approx(30, abs=1)
-    assert b.guard.admission_reason() == "cooling_down"
     a.guard.set_drained(True, "maintenance")
     await a.state.drain_background()
-    assert b.guard.drained
+    await eventually(lambda: b.guard.drained)
     assert b.guard.drain_reason == "maintenance"
     a.guard.set_drained(False)
     await a.state.drain_background()
-    assert not b.guard.drained
+    await eventually(lambda: not b.guard.drained)
 
 
 async def test_idempotency_lock_is_exclusive_and_released(replicas: Callable[..., Replica]) -> None:

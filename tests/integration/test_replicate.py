@@ -30,6 +30,7 @@ from router.sandbox.fal import DEFAULT_API_KEY as FAL_KEY
 from router.sandbox.mp4 import mp4_info
 from router.sandbox.replicate import DEFAULT_API_KEY, DEFAULT_WEBHOOK_SECRET, ReplicateEmulator
 from tests.integration.harness import Running, make_config, serve
+from tests.redis_support import REDIS_URL, purge_prefix, require_redis, unique_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -274,7 +275,7 @@ async def test_bad_stale_and_replayed_webhooks_leave_the_job_alone(tmp_path: Pat
 
         good = await post(emu.webhook_headers("msg_c", done, now))
         assert good.status_code == 202
-        assert good.json() == {"status": "accepted", "applied": True}
+        assert good.json() == {"status": "accepted", "applied": True, "forwarded": False}
         assert running.service.engine is not None
         await running.service.engine.wait(job_id, 10)
         finished = (await running.client.get(f"/v1/generations/{job_id}")).json()
@@ -287,6 +288,61 @@ async def test_bad_stale_and_replayed_webhooks_leave_the_job_alone(tmp_path: Pat
     assert (replay.status_code, replay.json()) == (200, {"status": "duplicate"})
     assert after["status"] == "succeeded"
     assert after["attempts"] == finished["attempts"]
+
+
+async def test_a_webhook_landing_on_another_replica_reaches_the_one_running_the_job(
+    tmp_path: Path,
+) -> None:
+    """Behind a load balancer the webhook hits any replica: B forwards it (Redis pub/sub)
+    and A, which runs the job, finishes it long before its next poll (20 s away)."""
+    require_redis()
+    prefix = unique_prefix()
+    slow_polls = replicate_provider(poll={"interval_s": 20, "max_interval_s": 20})
+
+    def replica(name: str) -> Any:
+        config = make_config(tmp_path / name, [slow_polls], routing={"strategy": "priority"})
+        storage = msgspec.structs.replace(config.storage, redis_url=REDIS_URL, redis_prefix=prefix)
+        return msgspec.structs.replace(config, storage=storage)
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    try:
+        async with serve(replica("a")) as a, serve(replica("b")) as b:
+            emu = emulator(a)
+            emu.job_faults.stall_ratio = 1.0  # only the webhook can finish it
+            created = (
+                await a.client.post("/v1/generations", json={"kind": "image", "prompt": "x"})
+            ).json()
+            job_id, attempt_id = created["id"], created["attempts"][0]["id"]
+            await emu.wait_accepted()
+            (pid,) = emu.jobs
+            done = msgspec.json.encode(
+                {
+                    "id": pid,
+                    "status": "succeeded",
+                    "input": {"prompt": "x"},
+                    "output": [f"{emu.base_url}/files/{pid}-0-64x48.png"],
+                }
+            )
+            sent = time.monotonic()
+            answer = await b.client.post(
+                f"/v1/webhooks/rep?job={job_id}&attempt={attempt_id}",
+                content=done,
+                headers=emu.webhook_headers("msg_fwd", done, int(time.time())),
+            )
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["forwarded"] is True
+            assert a.service.engine is not None
+            await a.service.engine.wait(job_id, 10)
+            took = time.monotonic() - sent
+            finished = (await a.client.get(f"/v1/generations/{job_id}")).json()
+            polls = sum(n for p, n in emu.stats.by_path.items() if p.startswith("/v1/predictions/"))
+    finally:
+        purge_prefix(prefix)
+    print(f"\nforwarded webhook: job finished on A {took * 1000:.0f} ms after B received it")
+    assert finished["status"] == "succeeded", finished
+    assert took < 5.0
+    assert polls == 0  # A did not poll: the forwarded webhook finished it
 
 
 async def test_webhook_delivery_retries_with_a_stable_id() -> None:

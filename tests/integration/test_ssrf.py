@@ -158,3 +158,34 @@ async def test_redirects_are_not_followed_by_callbacks_or_input_fetches(
         assert video.json()["error"]["code"] == "invalid_request"
     assert hits.get("/redirect") == 2
     assert "/target" not in hits
+
+
+async def test_input_images_rebound_to_loopback_are_refused_at_connect_time(
+    tmp_path: Path,
+) -> None:
+    """An input image host public at admission and loopback at fetch time is never reached."""
+    config = tenant_config(
+        tmp_path,
+        [
+            {
+                "name": "stab",
+                "adapter": "stability",
+                "kinds": ["video"],
+                "models": {"video": "stable-video-diffusion"},
+            }
+        ],
+        security={"input_image_hosts": ["*"]},
+    )
+    async with serve(config) as running:
+        resolver = FakeResolver(["93.184.216.34"], ["127.0.0.1"])
+        tenancy_of(running).resolver = resolver
+        video = await running.generate(
+            {"kind": "video", "prompt": "x", "input_image_url": "https://img.example/cat.png"}
+        )
+        assert video.json()["status"] == "failed", video.text
+        error = video.json()["error"]
+        assert error["code"] == "invalid_request"
+        # Refused by the guard (not a connection error from trying): never connected.
+        assert "BlockedAddress" in error["message"], error
+        assert resolver.calls == 2  # checked at admission and again when connecting
+        assert running.emulator("stab").stats.total == 0  # nothing was submitted

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 
 from breakers.clock import FakeClock
 from router.assets import AssetRejected, AssetStore, probe_media, sniff_content_type
@@ -146,3 +148,52 @@ async def test_other_urls_pass_through(store: SqlJobStore, tmp_path: Path) -> No
     async with files({}) as client:
         out = [Output(url="sim://p/1.png")]
         assert await assets(store, tmp_path, client).ingest("acme", "j", "image", out) == out
+
+
+@pytest.fixture
+async def provider_files() -> AsyncIterator[str]:
+    """A provider's file server on loopback: ``/a.png`` is an image."""
+
+    async def image(_request: web.Request) -> web.Response:
+        return web.Response(body=PNG, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/a.png", image)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_guarded_downloads_reach_only_the_providers_host_or_public_addresses(
+    store: SqlJobStore, tmp_path: Path, provider_files: str
+) -> None:
+    """A provider's own (even private) host is fetched; any other inside address is refused."""
+    config = AssetsConfig(path=str(tmp_path / "assets"))
+    async with files({}) as shared:
+        keeper = AssetStore(config, store, shared, FakeClock(), guard_downloads=True)
+        try:
+            [kept] = await keeper.ingest(
+                "acme",
+                "j",
+                "image",
+                [Output(url=f"{provider_files}/a.png")],
+                provider_host="127.0.0.1",
+            )
+            assert kept.sha256 == hashlib.sha256(PNG).hexdigest()
+            for url, host in [
+                ("http://169.254.169.254/latest/meta-data/", "127.0.0.1"),
+                (f"{provider_files}/a.png", "api.provider.example"),
+                ("https://localhost/a.png", "api.provider.example"),
+            ]:
+                with pytest.raises(AssetRejected) as info:
+                    await keeper.ingest("acme", "j", "image", [Output(url=url)], provider_host=host)
+                assert info.value.kind == "malformed_response"
+                assert "output URL refused" in info.value.message
+        finally:
+            await keeper.aclose()

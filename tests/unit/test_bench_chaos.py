@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.bench.chaos import SCENARIOS, Outcome, Phase, Scenario, ScenarioResult, summarise
+from tests.bench.chaos import (
+    PROVIDERS,
+    SCENARIOS,
+    Outcome,
+    Phase,
+    PolicyResult,
+    Scenario,
+    ScenarioResult,
+    summarise,
+)
 from tests.bench.peers import nginx_config
 from tests.bench.report_extra import _verdicts
 
@@ -114,3 +123,62 @@ def test_nginx_config_proxies_to_every_upstream_with_keepalive(tmp_path: Path) -
     assert "keepalive 256;" in text
     assert "listen 127.0.0.1:8081;" in text
     assert f"pid {tmp_path}/nginx.pid;" in text
+
+
+def _result(policy: str, sc: Scenario, cost: float, p99_ms: float, n_ok: int = 10) -> PolicyResult:
+    r = PolicyResult(policy, sent=10, ok=n_ok, p99_ms=p99_ms, cost_per_success=cost)
+    r.upstream_attempts = 14
+    return r
+
+
+def test_verdict_explains_a_cost_miss_that_is_impossible_by_construction() -> None:
+    """Beating a policy that paid the lowest price on every success stays a miss, with the
+    fact stated; so does one at or below the oracle's cost."""
+    sc = _outage()
+    results = {
+        "balanced": _result("balanced", sc, 0.025, 90.0),
+        "litellm": _result("litellm", sc, PROVIDERS[0].cost_usd, 7000.0),
+        "priority": _result("priority", sc, 0.0240, 140.0),
+        "oracle": _result("oracle", sc, 0.0241, 90.0),
+    }
+    met, missed = _verdicts(ScenarioResult(sc, results))
+    lite = next(m for m in missed if "litellm" in m)
+    assert lite.startswith("ties litellm on success but not better on cost (impossible by")
+    assert "lowest price, $0.02; its p99 is 7000 ms" in lite
+    prio = next(m for m in missed if "priority" in m)
+    assert "beating it means undercutting the oracle" in prio
+    assert "1.40 attempts per success" in prio
+    assert "cost within 10 % of the oracle (+4%)" in met
+
+
+def test_verdict_explains_a_success_miss_against_a_policy_above_the_oracle() -> None:
+    """A baseline that beat the oracle's success kept retrying: the miss says so."""
+    sc = _outage()
+    results = {
+        "balanced": _result("balanced", sc, 0.02, 90.0, n_ok=7),
+        "litellm": _result("litellm", sc, 0.02, 4000.0, n_ok=10),
+        "oracle": _result("oracle", sc, 0.02, 90.0, n_ok=7),
+    }
+    _, missed = _verdicts(ScenarioResult(sc, results))
+    assert any(
+        "lower success than litellm (70.00% vs 100.00%); litellm beat the oracle (70.00%) by "
+        "retrying requests until a provider came back"
+        in m
+        and "p99 is 4000 ms" in m
+        for m in missed
+    )
+
+
+def test_verdict_explains_a_p99_miss_against_a_policy_as_fast_as_the_oracle() -> None:
+    """A baseline at or under the oracle's p99 (direct calls, no router hop) is noted."""
+    sc = _outage()
+    results = {
+        "balanced": _result("balanced", sc, 0.02, 98.0),
+        "round-robin": _result("round-robin", sc, 0.05, 92.0),
+        "oracle": _result("oracle", sc, 0.02, 94.0),
+    }
+    _, missed = _verdicts(ScenarioResult(sc, results))
+    assert missed == [
+        "ties round-robin on success but not better on p99 (round-robin's p99 of 92 ms is "
+        "no higher than the oracle's 94 ms, direct calls with no router hop)"
+    ]

@@ -259,3 +259,42 @@ async def test_failing_callback_does_not_break_accounting() -> None:
     )
     await fail(breaker)
     assert state(breaker) == "open"
+
+
+async def test_probe_early_turns_an_open_breaker_half_open_after_min_open_s() -> None:
+    """Panic mode: an open breaker may be probed before its reset timeout, but not
+    before ``min_open_s``; a failed early probe reopens it with a fresh timeout."""
+    clock = FakeClock()
+    breaker, transitions = make(clock)
+    assert not breaker.probe_early(3.0)  # closed: nothing to do
+    await trip(breaker)
+    clock.advance(2.9)
+    assert not breaker.probe_early(3.0)
+    assert state(breaker) == "open"
+    clock.advance(0.1)
+    assert breaker.probe_early(3.0)
+    assert state(breaker) == "half_open"
+    assert transitions[-1] == ("p1", "open", "half_open")
+    await fail(breaker)
+    assert state(breaker) == "open"
+    assert breaker.open_remaining_s == pytest.approx(30.0)
+    assert not breaker.probe_early(3.0)  # the reopening restarted the clock
+    clock.advance(3.0)
+    assert breaker.probe_early(3.0)
+    await succeed(breaker)
+    assert state(breaker) == "closed"
+
+
+async def test_probe_early_refuses_a_forced_open_or_busy_breaker() -> None:
+    """An operator's hold is never cut short, and a probe in flight blocks another."""
+    clock = FakeClock()
+    breaker, _ = make(clock)
+    breaker.force_open()
+    clock.advance(100)
+    assert not breaker.probe_early(0.0)
+    breaker.force_closed()
+    await trip(breaker)
+    clock.advance(30)  # half-open by timeout: its probe slot is taken below
+    async with breaker.calling():
+        assert not breaker.probe_early(0.0)
+    assert breaker.reset_timeout_s == 30.0

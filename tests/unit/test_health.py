@@ -93,3 +93,93 @@ def test_failure_without_latency_leaves_latency_alone() -> None:
     stats.record("image", True, 1.0)
     stats.record("image", False)
     assert stats.latency_ewma("image") == 1.0
+
+
+def test_failure_streak_counts_failures_since_the_last_success() -> None:
+    """Each failure adds 1 to the streak; a success clears it."""
+    stats = ProviderStats(FakeClock())
+    assert stats.failure_streak == 0.0
+    stats.record("image", ok=False)
+    stats.record("image", ok=False)
+    assert stats.failure_streak == pytest.approx(2.0)
+    stats.record("image", ok=True)
+    assert stats.failure_streak == 0.0
+
+
+def test_failure_streak_decays_by_its_own_half_life() -> None:
+    """The streak decays with a half-life of ``streak_half_life_s`` (1 s by default)
+    times the failures in it, and a new failure adds to what is left: one failure
+    halves in 1 s, two in 2 s, three in 3 s (each failed trial backs off further)."""
+    clock = FakeClock()
+    stats = ProviderStats(clock, half_life_s=10, prior=1)
+    stats.record("image", ok=False)
+    clock.advance(1.0)
+    assert stats.failure_streak == pytest.approx(0.5)
+    stats.record("image", ok=False)
+    assert stats.failure_streak == pytest.approx(1.5)
+    clock.advance(2.0)
+    assert stats.failure_streak == pytest.approx(0.75)
+    stats.record("image", ok=False)
+    clock.advance(3.0)
+    assert stats.failure_streak == pytest.approx(0.875)
+    stats.record("image", ok=True)
+    stats.record("image", ok=False)
+    clock.advance(1.0)
+    assert stats.failure_streak == pytest.approx(0.5)  # a success reset the back-off
+    slow = ProviderStats(FakeClock(), streak_half_life_s=4.0)
+    slow.record("image", ok=False)
+    slow._clock.advance(4.0)  # type: ignore[attr-defined]
+    assert slow.failure_streak == pytest.approx(0.5)
+
+
+def test_forgive_clears_the_streak_too() -> None:
+    """A probe that closes the breaker forgets the failures and the streak."""
+    stats = ProviderStats(FakeClock())
+    for _ in range(3):
+        stats.record("image", ok=False)
+    stats.forgive()
+    assert stats.failure_streak == 0.0
+    assert stats.success_ratio == 1.0
+
+
+def test_outstanding_attempts_report_the_oldest_age_per_kind() -> None:
+    """``begin``/``end`` track attempts in flight; the oldest one's age is reported."""
+    clock = FakeClock()
+    stats = ProviderStats(clock)
+    assert stats.oldest_outstanding_s("image") is None
+    first = stats.begin("image")
+    clock.advance(0.5)
+    second = stats.begin("image")
+    video = stats.begin("video")
+    clock.advance(0.25)
+    assert stats.oldest_outstanding_s("image") == pytest.approx(0.75)
+    assert stats.oldest_outstanding_s("video") == pytest.approx(0.25)
+    stats.end(first)
+    assert stats.oldest_outstanding_s("image") == pytest.approx(0.25)
+    stats.end(second)
+    stats.end(video)
+    stats.end(video)  # ending twice is harmless
+    assert stats.oldest_outstanding_s("image") is None
+    assert stats.oldest_outstanding_s("video") is None
+
+
+def test_invalid_streak_half_life_is_rejected() -> None:
+    with pytest.raises(ValueError, match="half-lives"):
+        ProviderStats(FakeClock(), streak_half_life_s=0)
+
+
+def test_blind_failures_do_not_lengthen_the_streak() -> None:
+    """An attempt started before the streak's latest failure was recorded was in flight
+    when the provider failed: it counts in the ratio but not in the streak. One started
+    after it is news, and counts."""
+    clock = FakeClock()
+    stats = ProviderStats(clock, prior=0)
+    t0 = clock.monotonic()
+    stats.record("image", ok=False, started_s=t0 - 0.1)
+    clock.advance(0.05)
+    stats.record("image", ok=False, started_s=t0 - 0.05)  # sent before the first was known
+    assert stats.failure_streak == pytest.approx(0.5**0.05)
+    assert stats.success_ratio == 0.0
+    assert stats.weight == pytest.approx(2.0, rel=0.01)
+    stats.record("image", ok=False, started_s=t0 + 0.02)  # sent after it: a second failure
+    assert stats.failure_streak == pytest.approx(1 + 0.5**0.05)

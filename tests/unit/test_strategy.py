@@ -135,13 +135,24 @@ def test_unhealthy_fallback_ignores_providers_excluded_for_other_reasons() -> No
     assert reasons(ranking) == {"open": "breaker_open"}
 
 
-def test_half_open_provider_ranks_as_a_probe_with_halved_health() -> None:
-    """A half-open breaker with a free slot is a candidate marked as the probe."""
-    ranking = rank(provider("a", breaker="half_open"), provider("b"))
+def test_half_open_provider_is_scored_as_if_its_probe_succeeds() -> None:
+    """A half-open breaker with a free slot is a candidate marked as the probe, with
+    health 1 whatever its past: halving it kept a cheap provider behind healthy ones,
+    never probed, so it stayed half-open after recovering (chaos bench)."""
+    ranking = rank(
+        provider(
+            "a",
+            breaker="half_open",
+            success_ratio=0.2,
+            failure_streak=5.0,
+            cost=Cost(per_image_usd=0.02),
+        ),
+        provider("b", cost=Cost(per_image_usd=0.03)),
+    )
     probe = next(c for c in ranking.candidates if c.name == "a")
     assert probe.probe
-    assert probe.components["health"] == pytest.approx(0.5)
-    assert ranking.names == ("b", "a")
+    assert probe.components["health"] == 1.0
+    assert ranking.names == ("a", "b")
 
 
 def test_empty_snapshot_gives_an_empty_ranking() -> None:
@@ -209,14 +220,16 @@ def test_balanced_prefers_the_healthier_provider() -> None:
 
 
 def test_balanced_prefers_the_faster_provider() -> None:
-    """The fastest known latency scores 1, slower ones less: (best + 0.1 s) / (own + 0.1 s)."""
+    """The fastest known latency scores 1, slower ones less: a gap g counts as
+    g² / (g + 0.1 s), so well over 0.1 s it is nearly the plain ratio."""
     ranking = rank(
         provider("slow", latency_ewma_s={"image": 4.0}),
         provider("fast", latency_ewma_s={"image": 1.0}),
     )
     assert ranking.names == ("fast", "slow")
     by_name = {c.name: c for c in ranking.candidates}
-    assert by_name["slow"].components["latency"] == pytest.approx(1.1 / 4.1)
+    assert by_name["slow"].components["latency"] == pytest.approx(1.1 / (1.1 + 9 / 3.1))
+    assert 1.1 / 4.1 < by_name["slow"].components["latency"] < 1.1 / 4.0
     assert by_name["fast"].expected_latency_s == 1.0
 
 
@@ -454,6 +467,120 @@ def test_near_tie_under_cheapest_can_pick_a_slightly_dearer_provider() -> None:
         policy="cheapest",
     )
     assert ranking.names == ("close_idle", "cheapest_busy")
+
+
+# --- fast health, trials, price ties (chaos bench) -------------------------------------------
+
+A_B_C = (
+    # The chaos bench's providers: A cheapest and slowest, C dearest and fastest.
+    ("a", 0.02, 0.085),
+    ("b", 0.03, 0.055),
+    ("c", 0.06, 0.035),
+)
+
+
+def chaos_providers(**a_overrides: Any) -> list[ProviderSnapshot]:
+    out = []
+    for name, price, latency in A_B_C:
+        overrides = a_overrides if name == "a" else {}
+        out.append(
+            provider(
+                name,
+                cost=Cost(per_image_usd=price),
+                latency_ewma_s={"image": latency},
+                latency_tail_s={"image": latency * 1.2},
+                **overrides,
+            )
+        )
+    return out
+
+
+def test_a_small_latency_gap_costs_little() -> None:
+    """A 20 ms gap over the best (35 ms) counts as 0.02² / 0.12 s: 0.135 / (0.135 + 1/300)."""
+    ranking = rank(*chaos_providers())
+    by_name = {c.name: c for c in ranking.candidates}
+    assert by_name["c"].components["latency"] == 1.0
+    assert by_name["b"].components["latency"] == pytest.approx(0.135 / (0.135 + 0.0004 / 0.12))
+    assert by_name["a"].components["latency"] == pytest.approx(0.135 / (0.135 + 0.0025 / 0.15))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_balanced_keeps_the_cheap_provider_first_while_it_is_healthy(seed: int) -> None:
+    """50 % cheaper beats 30 ms faster, even with A carrying the traffic (2 in flight) and
+    default near-tie breaking: A leads by 0.943 to 0.911, and B's price is no tie."""
+    ranking = rank(*chaos_providers(inflight=2), strategy=ProviderStrategy(), seed=seed)
+    assert ranking.names == ("a", "b", "c")
+    assert ranking.candidates[0].score == pytest.approx(
+        0.35 + 0.25 * 0.135 / (0.135 + 0.0025 / 0.15) + 0.25 + 0.15 * 0.8
+    )
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_near_tie_breaking_never_crosses_a_real_price_gap(seed: int) -> None:
+    """Scores within ``near_tie`` but prices 50 % apart are not tied: the leader stays."""
+    strategy = ProviderStrategy(weights=Weights(health=1, latency=0, cost=0, load=0), near_tie=0.05)
+    ranking = rank(
+        provider("cheap_busy", cost=Cost(per_image_usd=0.02), inflight=3, max_concurrency=4),
+        provider("dear_idle", cost=Cost(per_image_usd=0.03), success_ratio=0.97),
+        strategy=strategy,
+        seed=seed,
+    )
+    assert ranking.names == ("cheap_busy", "dear_idle")
+
+
+def test_failure_streak_divides_health() -> None:
+    """Health is the success ratio over 1 + the decayed failure streak."""
+    ranking = rank(provider("a", success_ratio=0.9, failure_streak=2.0))
+    assert ranking.candidates[0].components["health"] == pytest.approx(0.3)
+
+
+def test_a_negligible_streak_counts_as_none() -> None:
+    """A streak decayed under 0.01 no longer lowers health or puts a provider on trial."""
+    ranking = rank(
+        provider("a", failure_streak=0.009, inflight=1),
+        provider("b", priority=200, inflight=1),
+    )
+    assert ranking.candidates[0].components["health"] == 1.0
+    assert ranking.names == ("a", "b")
+
+
+def test_one_failure_steers_balanced_away_from_the_cheap_provider() -> None:
+    """One fresh failure (streak 1) halves A's health: B leads (0.911 vs 0.798)."""
+    ranking = rank(*chaos_providers(failure_streak=1.0), strategy=ProviderStrategy())
+    assert ranking.names == ("b", "c", "a")
+    assert ranking.candidates[-1].components["health"] == pytest.approx(0.5)
+
+
+def test_a_decayed_streak_lets_the_cheap_provider_lead_again() -> None:
+    """Once the streak has decayed to 0.2, A (0.973) outscores B (0.911): its trial call."""
+    ranking = rank(*chaos_providers(failure_streak=0.2), strategy=ProviderStrategy())
+    assert ranking.names[0] == "a"
+
+
+def test_a_provider_on_trial_takes_one_call_at_a_time() -> None:
+    """With a failure since its last success and an attempt in flight, A ranks after
+    every provider not on trial, whatever its score."""
+    ranking = rank(*chaos_providers(failure_streak=0.05, inflight=1))
+    assert ranking.names == ("b", "c", "a")
+    idle = rank(*chaos_providers(failure_streak=0.05))
+    assert idle.names[0] == "a"
+
+
+def test_an_overdue_attempt_puts_the_provider_on_trial() -> None:
+    """An attempt in flight longer than the tail estimate (0.102 s) is overdue; its age
+    is also the latency scored (a lower bound on that attempt's latency)."""
+    ranking = rank(*chaos_providers(inflight=1, outstanding_s={"image": 0.15}))
+    assert ranking.names == ("b", "c", "a")
+    a = ranking.candidates[-1]
+    assert a.components["latency"] == pytest.approx(0.135 / (0.135 + 0.115**2 / 0.215))
+    in_time = rank(*chaos_providers(inflight=1, outstanding_s={"image": 0.09}))
+    assert in_time.names[0] == "a"
+
+
+def test_trials_do_not_apply_to_half_open_probes() -> None:
+    """A half-open probe slot is the breaker's trial already: ranked on its score."""
+    ranking = rank(*chaos_providers(breaker="half_open", failure_streak=5.0, inflight=0))
+    assert ranking.names[0] == "a"
 
 
 # --- construction -------------------------------------------------------------------------
