@@ -50,7 +50,7 @@ import httpcore
 import httpx
 
 from router.errors import FieldError, ValidationFailed
-from router.http_client import NoCookieJar
+from router.http_client import CycleFreeClient
 
 __all__ = [
     "BlockedAddress",
@@ -328,12 +328,11 @@ def guarded_client(
     connect on our behalf, beyond the guard).
     """
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=10)
-    return httpx.AsyncClient(
+    return CycleFreeClient(
         transport=_GuardedTransport(GuardedBackend(policy, resolver), limits),
         follow_redirects=False,
         trust_env=False,
         timeout=timeout_s,
-        cookies=NoCookieJar(),  # downloads carry no cookies (see router.http_client)
     )
 
 
