@@ -60,3 +60,54 @@ def test_the_wal_is_restarted_once_over_the_limit(tmp_path: Path) -> None:
     )
     assert unbounded > 4 * limit  # the starvation this guards against
     assert bounded < 2.5 * limit
+
+
+def _wal_frames(conn: sqlite3.Connection) -> int:
+    """Frames of the log in use, as a passive checkpoint reports them."""
+    return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
+def _writer(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, data BLOB)")
+    return conn
+
+
+def test_a_restart_rewinds_the_log_once_its_live_part_passes_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "rewind.db"
+    conn = _writer(path)
+    for _ in range(600):  # ~1.2 MB of frames
+        conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
+    _checkpoint(str(path), 1024 * 1024)
+    conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
+    assert _wal_frames(conn) <= 3  # written from the start of the file again
+    assert Path(f"{path}-wal").stat().st_size > 1024 * 1024  # the file keeps its size
+    conn.close()
+
+
+def test_a_rewound_log_is_not_restarted_again_while_small(tmp_path: Path) -> None:
+    """The file stays large after a restart; only the frames in use decide the next one.
+
+    A restart waits for a reader on an older snapshot (here up to its 1 s timeout), so a
+    round that wrongly restarts again takes that long: it is what stalled writers once
+    a second before.
+    """
+    path = tmp_path / "small.db"
+    conn = _writer(path)
+    for _ in range(600):
+        conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
+    _checkpoint(str(path), 1024 * 1024)
+    conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()  # holds this snapshot
+    conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
+    started = time.monotonic()
+    _checkpoint(str(path), 1024 * 1024)
+    elapsed = time.monotonic() - started
+    reader.execute("COMMIT")
+    reader.close()
+    conn.close()
+    assert elapsed < 0.5, f"restarted a small log (waited {elapsed:.2f} s for the reader)"
