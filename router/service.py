@@ -26,6 +26,7 @@ from breakers.clock import Clock, SystemClock
 from metrics import Metrics
 from metrics.tracing import setup_tracing
 from router import tenants, webhook_relay
+from router.adapters.base import Adapter
 from router.adapters.registry import build_adapter
 from router.assets import AssetStore
 from router.auth import Authenticator
@@ -202,7 +203,7 @@ class Service:
         self.registry = ProviderRegistry(
             providers,
             clock=self.clock,
-            build_adapter=build_adapter,
+            build_adapter=self._build_adapter,
             on_transition=self._on_breaker_transition,
             shared=self.shared_state,
         )
@@ -258,6 +259,10 @@ class Service:
             await emulator.stop()
         self.emulators.clear()
 
+    def _build_adapter(self, config: ProviderConfig) -> Adapter:
+        """An adapter on the service's clock (token lifetimes, ``Retry-After`` dates)."""
+        return build_adapter(config, clock=self.clock)
+
     async def _start_sandbox(self, config: Config) -> list[ProviderConfig]:
         """Start configured emulators and point ``sandbox:NAME`` providers at them."""
         if config.sandbox is None:
@@ -297,7 +302,7 @@ class Service:
             registry = ProviderRegistry(
                 providers,
                 clock=self.clock,
-                build_adapter=build_adapter,
+                build_adapter=self._build_adapter,
                 on_transition=self._on_breaker_transition,
                 reuse={rt.name: rt for rt in old_registry},
                 shared=self.shared_state,

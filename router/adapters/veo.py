@@ -12,14 +12,19 @@ addresses, their auth and how they are polled, chosen by ``options.api``:
   google/models/{model}:predictLongRunning`` with ``Authorization: Bearer``; poll
   ``POST …/models/{model}:fetchPredictOperation`` with ``{"operationName": …}``;
   results are ``response.videos[]`` with ``gcsUri`` or ``bytesBase64Encoded``.
-  The bearer token is the provider's ``api_key`` used as-is: there is no OAuth
-  flow offline, so a deployment must refresh that token outside Switchman (for
-  example from ``gcloud auth print-access-token`` into the env var).
+  The bearer token is an access token Switchman mints itself from a service
+  account (``service_account_file`` or ``service_account_json``: the OAuth 2.0
+  JWT-bearer grant, refreshed before each token's hour is up; see
+  :mod:`router.adapters.google_auth`). Without one, the provider's ``api_key`` is
+  sent as-is, and since Google's tokens expire after an hour a deployment must
+  then refresh it outside Switchman. A tenant's own credential is always sent
+  as-is.
 
 Options (``ProviderConfig.options``): ``api`` (``gemini``), ``project`` (Vertex,
 required), ``location`` (``us-central1``), ``person_generation`` (default:
 ``allow_all`` for text-to-video, ``allow_adult`` for image-to-video),
-``generate_audio`` and ``storage_uri`` (Vertex only).
+``generate_audio``, ``storage_uri`` and ``service_account_file`` /
+``service_account_json`` (Vertex only; the key file read once at startup).
 
 Neither API documents a cancel, so :meth:`VeoAdapter.cancel` returns ``False``;
 Gemini's ``webhookConfig`` has no documented signature scheme, so jobs are polled.
@@ -37,6 +42,7 @@ import binascii
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
@@ -51,6 +57,7 @@ from router.adapters.base import (
     SubmitResult,
     WebhookEvent,
 )
+from router.adapters.google_auth import ServiceAccount, ServiceAccountTokens
 from router.adapters.http_util import (
     fetch_input,
     parse_duration,
@@ -133,6 +140,44 @@ class VeoOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     person_generation: Literal["allow_all", "allow_adult", "dont_allow"] | None = None
     generate_audio: bool | None = None
     storage_uri: str | None = None
+    #: Path to a service-account key file: Vertex then uses access tokens minted from it.
+    service_account_file: str | None = None
+    #: The key file's JSON itself (for example ``${VEO_SERVICE_ACCOUNT}``), instead of a path.
+    service_account_json: str | None = None
+
+    def __repr__(self) -> str:
+        # An inline key file holds the private key.
+        shown = self
+        if self.service_account_json:
+            shown = msgspec.structs.replace(self, service_account_json="***")
+        return msgspec.Struct.__repr__(shown)
+
+
+def _service_account(options: VeoOptions, path: str) -> ServiceAccount | None:
+    """The account ``options`` name, read now so a bad one stops startup; ``None`` if none.
+
+    ``path`` is the options' field path (``providers.<name>.options``) for the errors.
+    """
+    file, inline = options.service_account_file, options.service_account_json
+    if not (file or inline):
+        return None
+    field = "service_account_file" if file else "service_account_json"
+    if file and inline:
+        raise ConfigError([f"{path}.{field}: set it or service_account_json, not both"])
+    if options.api != "vertex":
+        raise ConfigError([f"{path}.{field}: only used when options.api is vertex"])
+    text: str | bytes = inline or ""
+    where = ""
+    if file:
+        where = f"{file}: "
+        try:
+            text = Path(file).read_bytes()
+        except OSError as exc:
+            raise ConfigError([f"{path}.{field}: cannot read {where}{exc.strerror}"]) from None
+    try:
+        return ServiceAccount.from_json(text)
+    except ValueError as exc:
+        raise ConfigError([f"{path}.{field}: {where}{exc}"]) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +243,15 @@ class VeoAdapter:
         if self.options.api == "vertex" and not self.options.project:
             raise ConfigError(
                 [f"providers.{config.name}.options.project: required when options.api is vertex"]
+            )
+        account = _service_account(self.options, f"providers.{config.name}.options")
+        self._tokens: ServiceAccountTokens | None = None
+        if account is not None:
+            self._tokens = ServiceAccountTokens(
+                account,
+                provider=config.name,
+                clock=self._clock,
+                timeout_s=config.timeouts.request_s,
             )
         root = config.base_url.rstrip("/")
         for suffix in ("/v1beta", "/v1"):
@@ -303,14 +357,22 @@ class VeoAdapter:
             f"{quote(o.location, safe='')}/publishers/google/models/{quote(model, safe='')}"
         )
 
-    def _headers(self, api_key: str | None, ctx: AttemptContext | None) -> dict[str, str]:
+    async def _credential(self, client: httpx.AsyncClient, api_key: str | None) -> dict[str, str]:
+        """The auth header: a minted token for the platform when a service account is
+        configured, else the key (the tenant's own or the platform's) as-is."""
+        if self._tokens is not None and api_key in (None, self.config.api_key):
+            return {"Authorization": f"Bearer {await self._tokens.token(client)}"}
         key = api_key or self.config.api_key
         if not key:
             raise UpstreamError("auth", "no API key configured", provider=self.config.name)
         if self.options.api == "gemini":
-            headers = {"x-goog-api-key": key}
-        else:
-            headers = {"Authorization": f"Bearer {key}"}
+            return {"x-goog-api-key": key}
+        return {"Authorization": f"Bearer {key}"}
+
+    async def _headers(
+        self, client: httpx.AsyncClient, api_key: str | None, ctx: AttemptContext | None
+    ) -> dict[str, str]:
+        headers = await self._credential(client, api_key)
         if ctx is not None:
             headers.update(ctx.trace_headers)
             headers["X-Client-Request-Id"] = ctx.attempt_id
@@ -341,6 +403,9 @@ class VeoAdapter:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self._transport_error("upstream_unavailable", exc, upstream_id) from exc
         if response.status_code != 200:
+            if response.status_code == 401 and self._tokens is not None:
+                # A minted token Vertex refuses is not kept until its refresh point.
+                self._tokens.forget(headers.get("Authorization", "").removeprefix("Bearer "))
             raise self._status_error(response, upstream_id)
         data = safe_json(response.content)
         if not isinstance(data, dict):
@@ -390,7 +455,7 @@ class VeoAdapter:
         return UpstreamError("invalid_request", message, provider=self.config.name)
 
     async def submit(self, request: GenerationRequest, ctx: AttemptContext) -> SubmitResult:
-        headers = self._headers(ctx.api_key, ctx)
+        headers = await self._headers(ctx.client, ctx.api_key, ctx)
         image = await self._input_image(request, ctx)
         body = self.build_body(request, image)
         spec = self.spec(request)
@@ -424,7 +489,7 @@ class VeoAdapter:
             self._specs.popitem(last=False)
 
     async def poll(self, upstream_id: str, ctx: AttemptContext) -> PollResult:
-        headers = self._headers(ctx.api_key, ctx)
+        headers = await self._headers(ctx.client, ctx.api_key, ctx)
         if self.options.api == "gemini":
             url = f"{self._root}/v1beta/{quote(upstream_id, safe='/')}"
             data = await self._send(ctx.client, "GET", url, headers, upstream_id=upstream_id)
@@ -591,7 +656,7 @@ class VeoAdapter:
         else:
             url = f"{self._root}/v1beta1/publishers/google/models/{quote(model, safe='')}"
         try:
-            headers = self._headers(api_key, None)
+            headers = await self._headers(client, api_key, None)
             response = await client.get(url, headers=headers, timeout=self._timeout)
         except UpstreamError as exc:
             return ProbeResult(ok=False, latency_s=0.0, detail=exc.message)

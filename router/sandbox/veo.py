@@ -7,11 +7,15 @@ Gemini routes (``x-goog-api-key``):
 - ``GET /v1beta/models/{model}`` → the model (the adapter's probe)
 - ``GET /v1beta/files/{file}:download?alt=media`` → the MP4 (key required, never faulted)
 
-Vertex routes (``Authorization: Bearer``):
+Vertex routes (``Authorization: Bearer``, the API key or an access token from ``/token``):
 
 - ``POST /v1/projects/{p}/locations/{l}/publishers/google/models/{model}:predictLongRunning``
 - ``POST …/models/{model}:fetchPredictOperation`` with ``{"operationName": …}``
 - ``GET /v1beta1/publishers/google/models/{model}`` (the probe)
+- ``POST /token``: Google's OAuth token endpoint for service accounts (the
+  JWT-bearer grant, never faulted): accounts trusted with ``service_accounts``
+  (``client_email`` → public key) get tokens that expire ``token_lifetime_s`` later
+  on the emulator's clock; a key file's ``token_uri`` is :attr:`VeoEmulator.token_uri`.
 
 Requests are validated as the contract says (aspect ratio, duration per model,
 resolution, 1080p at 8 s on Veo 3.1, person generation, sample count, the
@@ -36,15 +40,18 @@ import os
 import random
 import re
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 import msgspec
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from breakers.clock import Clock, SystemClock
 from router.config import FaultsConfig
 from router.sandbox.faults import Decision
+from router.sandbox.google_oauth import TokenIssuer
 from router.sandbox.mp4 import mp4_bytes
 from router.sandbox.server import Emulator, Handler
 
@@ -191,7 +198,7 @@ def google_error(
 
 
 class VeoEmulator(JobFaultsMixin, Emulator):
-    """Veo on loopback; ``api_key`` is the only key (or bearer token) it accepts."""
+    """Veo on loopback; ``api_key`` is its only key, and Vertex's static bearer token."""
 
     provider: ClassVar[str] = "veo"
 
@@ -203,11 +210,17 @@ class VeoEmulator(JobFaultsMixin, Emulator):
         clock: Clock | None = None,
         seed: int = 0,
         recent: int = 50,
+        service_accounts: Mapping[str, rsa.RSAPublicKey] | None = None,
+        token_lifetime_s: int = 3600,
     ) -> None:
         super().__init__(faults, clock=clock, seed=seed, recent=recent)
         self._init_job_faults(seed)
         self.api_key = api_key or DEFAULT_API_KEY
         self._clock: Clock = clock or SystemClock()
+        #: The token endpoint: trusted service accounts and the access tokens it issued.
+        self.tokens = TokenIssuer(
+            self._clock, accounts=service_accounts, lifetime_s=token_lifetime_s
+        )
         self._prefix = os.urandom(3).hex()
         self._seq = 0
         self.operations: OrderedDict[str, _Operation] = OrderedDict()
@@ -227,7 +240,16 @@ class VeoEmulator(JobFaultsMixin, Emulator):
         ]
 
     def plain_routes(self) -> list[tuple[str, str, Handler]]:
-        return [("GET", "/v1beta/files/{file}", self._download), *self.job_fault_routes()]
+        return [
+            ("GET", "/v1beta/files/{file}", self._download),
+            ("POST", "/token", self._token),
+            *self.job_fault_routes(),
+        ]
+
+    @property
+    def token_uri(self) -> str:
+        """The token endpoint's URL: a service-account key file's ``token_uri``."""
+        return f"{self.base_url}/token"
 
     # -- hooks ------------------------------------------------------------------------
 
@@ -291,7 +313,8 @@ class VeoEmulator(JobFaultsMixin, Emulator):
         )
 
     def _vertex_denied(self, request: web.Request) -> web.Response | None:
-        if request.headers.get("Authorization") == f"Bearer {self.api_key}":
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme == "Bearer" and (token == self.api_key or self.tokens.valid(token)):
             return None
         return google_error(
             401,
@@ -299,6 +322,11 @@ class VeoEmulator(JobFaultsMixin, Emulator):
             "login cookie or other valid authentication credential. See "
             "https://developers.google.com/identity/sign-in/web/devconsole-project.",
         )
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        status, body = self.tokens.exchange(form, self.token_uri)
+        return web.Response(status=status, body=msgspec.json.encode(body), content_type=_JSON)
 
     # -- Gemini -----------------------------------------------------------------------
 

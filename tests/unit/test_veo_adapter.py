@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,10 +14,11 @@ import pytest
 from breakers.clock import FakeClock
 from router.adapters.base import AttemptContext, PollResult, SubmitResult
 from router.adapters.registry import build_adapter
-from router.adapters.veo import VeoAdapter, grpc_kind, retry_delay
+from router.adapters.veo import VeoAdapter, VeoOptions, grpc_kind, retry_delay
 from router.config import CapabilitiesConfig, CostConfig, ProviderConfig
 from router.errors import ConfigError, UpstreamError
 from router.models import GenerationRequest
+from tests.service_accounts import key_file, pem, rsa_key
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -590,3 +592,148 @@ def test_output_headers_send_the_gemini_key_only_to_its_own_origin() -> None:
     assert gemini.output_headers("https://veo.test.evil.example/f", None) == {}
     assert gemini.output_headers("https://cdn.example/f.mp4", None) == {}
     assert adapter("vertex").output_headers(own, None) == {}
+
+
+# -- Vertex with a service account -----------------------------------------------------------
+
+TOKEN_URI = "https://oauth2.test/token"
+
+
+def vertex_with_account(**options: Any) -> VeoAdapter:
+    fields = {"api": "vertex", "project": "proj", "service_account_json": key_file(TOKEN_URI)}
+    return adapter("vertex", options=fields | options)
+
+
+def token_then_operation(seen: list[httpx.Request]) -> Handler:
+    """Google's token endpoint at TOKEN_URI, Vertex everywhere else."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if str(request.url) == TOKEN_URI:
+            return httpx.Response(200, json={"access_token": "ya29.minted", "expires_in": 3599})
+        return httpx.Response(200, json={"name": VERTEX_OP})
+
+    return handler
+
+
+async def test_vertex_with_a_service_account_sends_a_minted_token() -> None:
+    """The platform credential is a token from the account's token_uri, fetched once."""
+    seen: list[httpx.Request] = []
+    veo = vertex_with_account()
+    await call(token_then_operation(seen), veo, api_key="AIza-config")
+    await call(token_then_operation(seen), veo, api_key="AIza-config")
+    assert [str(r.url) for r in seen] == [
+        TOKEN_URI,
+        f"https://veo.test/v1/{VERTEX_RESOURCE}:predictLongRunning",
+        f"https://veo.test/v1/{VERTEX_RESOURCE}:predictLongRunning",
+    ]
+    assert {r.headers["authorization"] for r in seen[1:]} == {"Bearer ya29.minted"}
+
+
+async def test_a_minted_token_vertex_refuses_is_replaced_on_the_next_call() -> None:
+    """A 401 from Vertex (a revoked token, say) fails that call and drops the token."""
+    seen: list[httpx.Request] = []
+    minted = iter(["ya29.revoked", "ya29.fresh"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if str(request.url) == TOKEN_URI:
+            return httpx.Response(200, json={"access_token": next(minted), "expires_in": 3599})
+        if request.headers["authorization"] == "Bearer ya29.revoked":
+            return httpx.Response(401, json={"error": {"code": 401, "status": "UNAUTHENTICATED"}})
+        return httpx.Response(200, json={"name": VERTEX_OP})
+
+    veo = vertex_with_account()
+    with pytest.raises(UpstreamError) as info:
+        await call(handler, veo, api_key="AIza-config")
+    assert info.value.kind == "auth"
+    await call(handler, veo, api_key="AIza-config")
+    assert [r.headers.get("authorization") for r in seen if str(r.url) != TOKEN_URI] == [
+        "Bearer ya29.revoked",
+        "Bearer ya29.fresh",
+    ]
+    assert sum(str(r.url) == TOKEN_URI for r in seen) == 2
+
+
+async def test_a_tenants_own_credential_is_still_a_static_bearer() -> None:
+    """A tenant's key (not the platform's) goes as-is: no token is minted for it."""
+    seen: list[httpx.Request] = []
+    await call(token_then_operation(seen), vertex_with_account(), api_key="ya29.tenant")
+    assert [r.headers["authorization"] for r in seen] == ["Bearer ya29.tenant"]
+
+
+async def test_a_refused_service_account_is_an_auth_error() -> None:
+    """A 401 from the token endpoint fails the submission with kind auth, before Vertex."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(401, json={"error": "invalid_client"})
+
+    with pytest.raises(UpstreamError) as info:
+        await call(handler, vertex_with_account(), api_key="AIza-config")
+    assert (info.value.kind, info.value.http_status) == ("auth", 401)
+    assert [str(r.url) for r in seen] == [TOKEN_URI]
+
+
+async def test_probe_with_a_service_account_reports_a_token_failure() -> None:
+    """probe() mints a token too; a refusal is reported, not raised."""
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(respond(403, {"error": "access_denied"}))
+    ) as client:
+        result = await vertex_with_account().probe(client, None)
+    assert not result.ok
+    assert result.detail == "token endpoint 403 access_denied"
+
+
+def test_the_key_file_can_be_a_path(tmp_path: Path) -> None:
+    """service_account_file is read at construction."""
+    path = tmp_path / "sa.json"
+    path.write_text(key_file(TOKEN_URI))
+    options = {"api": "vertex", "project": "proj", "service_account_file": str(path)}
+    assert VeoAdapter(provider("vertex", options=options)) is not None
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (
+            {"service_account_file": "/nonexistent/sa.json"},
+            "providers.veo.options.service_account_file: cannot read /nonexistent/sa.json: ",
+        ),
+        (
+            {"service_account_json": "{}"},
+            "providers.veo.options.service_account_json: not a service-account key file: ",
+        ),
+        (
+            {"service_account_json": key_file(TOKEN_URI), "service_account_file": "/sa.json"},
+            "providers.veo.options.service_account_file: set it or service_account_json",
+        ),
+        (
+            {"api": "gemini", "service_account_json": key_file(TOKEN_URI)},
+            "providers.veo.options.service_account_json: only used when options.api is vertex",
+        ),
+        (
+            {"service_account_json": key_file(TOKEN_URI).replace("BEGIN", "BEGAN")},
+            "providers.veo.options.service_account_json: private_key is not",
+        ),
+    ],
+)
+def test_a_bad_service_account_stops_startup_with_its_field_path(
+    options: dict[str, Any], error: str
+) -> None:
+    """Each problem names the option's full path; none quotes the private key."""
+    with pytest.raises(ConfigError) as info:
+        build_adapter(provider("vertex", options={"api": "vertex", "project": "proj"} | options))
+    (message,) = info.value.errors
+    assert message.startswith(error)
+    assert pem(rsa_key())[40:80] not in message
+
+
+def test_options_repr_hides_an_inline_key_file() -> None:
+    """VeoOptions' repr shows the other options but not the key file's JSON."""
+    options = VeoOptions(api="vertex", project="proj", service_account_json=key_file(TOKEN_URI))
+    text = repr(options)
+    assert "project='proj'" in text
+    assert "service_account_json='***'" in text
+    assert "PRIVATE KEY" not in text
