@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from router import cli_keys, cli_ops
+from router.adapters.registry import adapter_errors
 from router.config import Config, FaultsConfig, load_config
 from router.errors import ConfigError
 
@@ -27,11 +28,17 @@ def _config_path(arg: str | None) -> Path:
 
 
 def _load_or_exit(path: Path) -> Config:
+    """The config at ``path``, with every provider's adapter options checked too; exit 2
+    listing every error when it is invalid."""
     try:
-        return load_config(path)
+        config = load_config(path)
+        errors = adapter_errors(config.providers)
+        if errors:
+            raise ConfigError(errors)
     except ConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    return config
 
 
 #: Young-generation threshold of the cyclic GC while serving (CPython's default is 700).

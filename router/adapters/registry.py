@@ -8,6 +8,7 @@ provider is one new module; nothing here changes.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from typing import Final, get_args
 
 from breakers.clock import Clock
@@ -15,7 +16,7 @@ from router.adapters.base import Adapter
 from router.config import AdapterName, ProviderConfig
 from router.errors import ConfigError
 
-__all__ = ["ADAPTER_NAMES", "adapter_class", "build_adapter"]
+__all__ = ["ADAPTER_NAMES", "adapter_class", "adapter_errors", "build_adapter"]
 
 ADAPTER_NAMES: Final[tuple[str, ...]] = get_args(AdapterName)
 
@@ -44,3 +45,19 @@ def build_adapter(config: ProviderConfig, *, clock: Clock | None = None) -> Adap
             ]
         )
     return cls(config, clock=clock)  # type: ignore[call-arg]
+
+
+def adapter_errors(providers: Sequence[ProviderConfig]) -> list[str]:
+    """What building each provider's adapter refuses, as ``path: message`` lines.
+
+    An adapter checks what the config schema cannot: that it is built in, and its own
+    ``options`` (Veo's ``project``, a service-account file). Building one opens nothing
+    and calls nobody, so ``check-config`` can report these with the schema's errors.
+    """
+    errors: list[str] = []
+    for provider in providers:
+        try:
+            build_adapter(provider)
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+    return errors

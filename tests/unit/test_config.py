@@ -75,3 +75,24 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         main(["check-config", str(bad)])
     assert exit_info.value.code == 2
     assert "providers[0].adapter" in capsys.readouterr().err
+
+
+def test_check_config_reports_every_adapters_option_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What only an adapter can check (its ``options``) is reported by check-config too,
+    for every provider at once, each naming its field."""
+    bad = tmp_path / "options.yaml"
+    bad.write_text(
+        "providers:\n"
+        "  - {name: veo-a, adapter: veo, base_url: 'http://veo.test', kinds: [video],\n"
+        "     options: {api: vertex}}\n"
+        "  - {name: veo-b, adapter: veo, base_url: 'http://veo.test', kinds: [video],\n"
+        "     options: {api: vertex, project: p, service_account_file: /nonexistent.json}}\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-config", str(bad)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "providers.veo-a.options.project: required" in err
+    assert "providers.veo-b.options.service_account_file: cannot read" in err
