@@ -129,6 +129,8 @@ class _Token:
     value: str = field(repr=False)
     #: ``Clock.monotonic()`` after which the token is replaced.
     refresh_at: float
+    #: ``Clock.monotonic()`` after which Google no longer accepts it.
+    expires_at: float
 
 
 class ServiceAccountTokens:
@@ -182,8 +184,23 @@ class ServiceAccountTokens:
         if self._fetching is None:
             self._fetching = asyncio.create_task(self._fetch(client))
             self._fetching.add_done_callback(self._fetched)
-        # Shielded: a caller whose attempt times out must not cancel the fetch others await.
-        return (await asyncio.shield(self._fetching)).value
+        try:
+            # Shielded: a caller whose attempt times out must not cancel the fetch others
+            # await.
+            return (await asyncio.shield(self._fetching)).value
+        except UpstreamError as exc:
+            # A refresh is early by design: while the old token is still valid, a failed
+            # refresh (token endpoint down, throttled) must not fail the attempt. The
+            # next caller tries the refresh again.
+            if current is not None and self._clock.monotonic() < current.expires_at:
+                _log.warning(
+                    "google_auth.refresh_failed_using_current",
+                    provider=self._provider,
+                    kind=exc.kind,
+                    valid_s=round(current.expires_at - self._clock.monotonic()),
+                )
+                return current.value
+            raise
 
     def forget(self, token: str) -> None:
         """Drop ``token`` if it is the cached one: the API refused it (revoked, say).
@@ -246,7 +263,7 @@ class ServiceAccountTokens:
             )
         # Counted from when the request left: the token's clock started no earlier.
         # A short-lived token keeps half its life, or it would never be reused.
-        return _Token(value, sent + lifetime - min(self._margin_s, lifetime / 2))
+        return _Token(value, sent + lifetime - min(self._margin_s, lifetime / 2), sent + lifetime)
 
     def _refused(self, response: httpx.Response) -> UpstreamError:
         status = response.status_code

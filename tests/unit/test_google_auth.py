@@ -344,3 +344,22 @@ async def test_forgetting_the_cached_token_mints_a_new_one() -> None:
         tokens.forget("ya29.first")
         assert await tokens.token(client) == "ya29.second"
     assert len(endpoint.requests) == 2
+
+
+async def test_a_failed_refresh_keeps_using_the_still_valid_token() -> None:
+    """Between the refresh point and expiry a token endpoint outage does not fail callers;
+    each later call tries the refresh again, and past expiry the failure is the caller's."""
+    clock = FakeClock()
+    tokens = minter(clock)
+    down = httpx.Response(503, json={"error": "backend_error"})
+    endpoint = TokenEndpoint(granted("ya29.first"), down, down, down)
+    assert await fetch(endpoint, tokens) == ["ya29.first"]
+    clock.advance(3600 - 300)  # the refresh point: the endpoint is down from here
+    assert await fetch(endpoint, tokens, callers=3) == ["ya29.first"] * 3
+    clock.advance(299)  # one second of validity left
+    assert await fetch(endpoint, tokens) == ["ya29.first"]
+    clock.advance(1)  # expired
+    (failure,) = await fetch(endpoint, tokens)
+    assert isinstance(failure, UpstreamError)
+    assert failure.kind == "upstream_unavailable"
+    assert len(endpoint.requests) == 4
