@@ -51,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Container, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
@@ -98,6 +98,8 @@ _encode = msgspec.json.encode
 _decode_request = msgspec.json.Decoder(GenerationRequest).decode
 #: Why an attempt written before a crash is given up on (DESIGN §6, reconciliation).
 OUTCOME_UNKNOWN: Final = "submission outcome unknown"
+#: Parked webhooks kept at most (oldest dropped): one per attempt a dead process left.
+_MAX_PARKED_WEBHOOKS: Final = 10_000
 #: An attempt is not started with less time than this left before the deadline.
 _MIN_ATTEMPT_S: Final = 0.005
 #: Consecutive failed polls before an accepted upstream job is given up on.
@@ -212,6 +214,8 @@ class JobEngine:
         self.callbacks = callbacks
         self.events = events or EventHub()
         self._runs: dict[str, _Run] = {}
+        #: Webhooks for running attempts of jobs not running here yet (see _late_webhook).
+        self._parked: OrderedDict[str, tuple[str, WebhookEvent]] = OrderedDict()
         #: Callback deliveries and late-webhook handling, kept so they are not collected.
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -1010,6 +1014,7 @@ class JobEngine:
         if job.id in self._runs:
             return False
         self._runs[job.id] = run
+        self._unpark(run)  # no await since the line above: no webhook can slip between
         run.task = asyncio.create_task(self._run_job(run, resumed=True), name=f"job {job.id}")
         return True
 
@@ -1298,15 +1303,46 @@ class JobEngine:
     async def _late_webhook(
         self, provider: str, job_id: str, attempt_id: str, event: WebhookEvent
     ) -> None:
-        """A webhook for a job not running here: a duplicate to record, or nothing."""
+        """A webhook for a job not running here: a duplicate to record, or one to keep.
+
+        An attempt still ``running`` in the store belongs to a job a dead process left
+        that no one has resumed yet (here it waits for its lease, or the restart is
+        still resuming): the webhook is the only news of its upstream id, and the
+        provider will not send it again. It is parked for :meth:`_resume_job`; dropped,
+        the resumed job would wait for it in vain, call the outcome unknown and submit
+        the job elsewhere while the provider runs it too.
+        """
         job = await self.store.get_job(None, job_id)
         if job is None:
+            return
+        if job_id in self._runs:  # resumed while the store answered
+            self.deliver_webhook(provider, job_id, attempt_id, event, forwarded=True)
             return
         for attempt in job.attempts:
             if attempt.id == attempt_id and attempt.provider == provider:
                 if _outcome_was_unknown(attempt):
                     await self._record_duplicate(job.tenant, job_id, attempt_id, event)
+                elif attempt.status == "running":
+                    self._park(attempt_id, provider, event)
                 return
+
+    def _park(self, attempt_id: str, provider: str, event: WebhookEvent) -> None:
+        self._parked[attempt_id] = (provider, event)
+        self._parked.move_to_end(attempt_id)
+        while len(self._parked) > _MAX_PARKED_WEBHOOKS:
+            self._parked.popitem(last=False)
+        _log.info("webhook.parked", provider=provider, attempt_id=attempt_id)
+
+    def _unpark(self, run: _Run) -> None:
+        """Apply a parked webhook to the running attempt of a job about to resume."""
+        for attempt in run.job.attempts:
+            parked = self._parked.pop(attempt.id, None)
+            if parked is None:
+                continue
+            provider, event = parked
+            if attempt.status == "running" and attempt.provider == provider:
+                run.pushed, run.pushed_for = event.result, attempt.id
+                run.pushed_upstream_id = event.upstream_id
 
     async def _record_duplicate(
         self, tenant: str, job_id: str, attempt_id: str, event: WebhookEvent

@@ -183,3 +183,33 @@ async def test_an_unknown_submission_fails_over_and_a_late_webhook_reveals_the_d
     assert first["error"]["message"].startswith(OUTCOME_UNKNOWN + "; duplicate submission detected")
     assert job["status"] == "succeeded"
     assert job["provider"] == "fal"
+
+
+async def test_a_webhook_that_lands_before_its_job_resumes_is_kept_for_it(
+    tmp_path: Path, upstreams: tuple[ReplicateEmulator, FalEmulator]
+) -> None:
+    """The provider's one completion webhook arrives while the dead process's job still
+    waits to be resumed (its lease, a restart in progress): the resumed job takes the
+    upstream id from it at once, instead of waiting for it in vain, calling the outcome
+    unknown and submitting the job to fal as well (found by the SIGKILL crash test)."""
+    rep, fal = upstreams
+    cfg = config(tmp_path, rep, fal)
+    async with serve(cfg, webhooks=True) as running:
+        engine = running.service.engine
+        assert engine is not None
+        job_id, attempt_id = await seed_running_job(cfg, None)  # after start: not resumed
+        hook = f"{running.url}/v1/webhooks/rep?job={job_id}&attempt={attempt_id}"
+        upstream_id = await submit_upstream(rep, hook)
+        async with asyncio.timeout(10):
+            while not any(d.url == hook for d in rep.webhook_deliveries):
+                await asyncio.sleep(0.02)
+        assert [d.status for d in rep.webhook_deliveries if d.url == hook] == [202]
+        # Whether the webhook was parked before this or lands on the resumed job, the
+        # provider's one delivery must reach it.
+        await engine.resume(take_all=True)
+        job = await final_job(running.client, job_id)
+
+    assert job["status"] == "succeeded", job
+    assert job["provider"] == "rep"
+    assert [(a["id"], a["upstream_id"]) for a in job["attempts"]] == [(attempt_id, upstream_id)]
+    assert sum(fal.submissions.values()) == 0
