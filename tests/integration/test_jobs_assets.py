@@ -15,6 +15,7 @@ from aiohttp import web
 from router.sandbox.async_jobs import AsyncJobEmulator, EmulatedJob
 from router.sandbox.media import png_bytes
 from tests.integration.harness import ADMIN_KEY, make_config, serve
+from tests.loopback import serve_app
 
 BIG = png_bytes(64, 64) + b"\0" * 10_000
 
@@ -32,14 +33,8 @@ async def files() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/not-an-image.png", html)
     app.router.add_get("/huge.png", huge)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url
 
 
 def providers() -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from standardwebhooks import Webhook
 
 from router.config import Config
 from tests.integration.harness import make_config, serve
+from tests.loopback import serve_app
 
 SECRET = "whsec_" + base64.b64encode(b"callback-secret-for-tests-32byte").decode()
 
@@ -49,15 +50,9 @@ async def receiver() -> AsyncIterator[Receiver]:
     app = web.Application()
     app.router.add_post("/hook", rec.handle)
     app.router.add_post("/moved", rec.redirect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serve_app(app) as url:
+        rec.url = url
         yield rec
-    finally:
-        await runner.cleanup()
 
 
 def callback_config(tmp_path: Path, *, max_attempts: int = 5) -> Config:

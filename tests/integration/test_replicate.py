@@ -30,6 +30,7 @@ from router.sandbox.fal import DEFAULT_API_KEY as FAL_KEY
 from router.sandbox.mp4 import mp4_info
 from router.sandbox.replicate import DEFAULT_API_KEY, DEFAULT_WEBHOOK_SECRET, ReplicateEmulator
 from tests.integration.harness import Running, make_config, serve
+from tests.loopback import serve_app
 from tests.redis_support import REDIS_URL, purge_prefix, require_redis, unique_prefix
 
 pytestmark = pytest.mark.integration
@@ -356,26 +357,18 @@ async def test_webhook_delivery_retries_with_a_stable_id() -> None:
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     emu = ReplicateEmulator()
     emu.webhook_backoff_s = 0.01
     emu.job_faults.queue_s = emu.job_faults.run_s = 0.0
-    try:
-        async with emu, httpx.AsyncClient() as client:
-            response = await client.post(
-                f"{emu.base_url}/v1/models/{IMAGE_MODEL}/predictions",
-                json={"input": {"prompt": "p"}, "webhook": f"http://127.0.0.1:{port}/hook"},
-                headers=AUTH,
-            )
-            assert response.status_code == 201
-            async with asyncio.timeout(5):
-                await emu.drain()
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as receiver, emu, httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{emu.base_url}/v1/models/{IMAGE_MODEL}/predictions",
+            json={"input": {"prompt": "p"}, "webhook": f"{receiver}/hook"},
+            headers=AUTH,
+        )
+        assert response.status_code == 201
+        async with asyncio.timeout(5):
+            await emu.drain()
     assert [d.status for d in emu.webhook_deliveries] == [500, 500, 204]
     assert len({h["webhook-id"] for h in received}) == 1
     assert all(h["webhook-signature"].startswith("v1,") for h in received)

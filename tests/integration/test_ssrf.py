@@ -15,6 +15,7 @@ from aiohttp import web
 from router.tenants import Tenancy
 from tests.integration.harness import Running, serve
 from tests.integration.tenant_support import FakeResolver, tenant_config
+from tests.loopback import serve_app
 
 pytestmark = pytest.mark.integration
 
@@ -59,15 +60,8 @@ async def receiver() -> AsyncIterator[tuple[str, dict[str, int]]]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", hits
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url, hits
 
 
 def config_for(tmp_path: Path, **security: Any) -> Any:

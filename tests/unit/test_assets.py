@@ -18,6 +18,7 @@ from router.models import Output
 from router.sandbox.media import png_bytes
 from router.sandbox.mp4 import mp4_bytes
 from router.store import SqlJobStore
+from tests.loopback import serve_app
 from tests.unit import test_store
 
 backend = test_store.backend
@@ -159,15 +160,8 @@ async def provider_files() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/a.png", image)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url
 
 
 async def test_guarded_downloads_reach_only_the_providers_host_or_public_addresses(

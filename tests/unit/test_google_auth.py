@@ -55,6 +55,20 @@ class TokenEndpoint:
         return self.responses[min(len(self.requests), len(self.responses)) - 1]
 
 
+class HeldEndpoint:
+    """A token endpoint that holds every request until :attr:`release` is set; counts them."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+        self.calls = 0
+
+    async def __call__(self, _request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        self.entered.set()
+        await self.release.wait()
+        return granted()
+
+
 async def fetch(
     handler: Handler, tokens: ServiceAccountTokens, callers: int = 1
 ) -> list[str | BaseException]:
@@ -157,50 +171,32 @@ async def test_the_request_is_a_form_encoded_jwt_bearer_grant() -> None:
 
 async def test_concurrent_callers_share_one_fetch() -> None:
     """Twenty callers arriving while the token is being fetched cause one token request."""
-    entered, release = asyncio.Event(), asyncio.Event()
-    calls = 0
-
-    async def slow(_request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        entered.set()
-        await release.wait()
-        return granted()
-
+    endpoint = HeldEndpoint()
     tokens = minter()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(slow)) as client:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(endpoint)) as client:
         callers = [asyncio.create_task(tokens.token(client)) for _ in range(20)]
-        await entered.wait()  # every caller ran before the fetch task did
-        release.set()
+        await endpoint.entered.wait()  # every caller ran before the fetch task did
+        endpoint.release.set()
         results = await asyncio.gather(*callers)
-    assert calls == 1
+    assert endpoint.calls == 1
     assert set(results) == {"ya29.first"}
 
 
 async def test_a_canceled_caller_does_not_cancel_the_shared_fetch() -> None:
     """The first caller's attempt ends while it waits; the others still get that fetch's token."""
-    entered, release = asyncio.Event(), asyncio.Event()
-    calls = 0
-
-    async def slow(_request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        entered.set()
-        await release.wait()
-        return granted()
-
+    endpoint = HeldEndpoint()
     tokens = minter()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(slow)) as client:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(endpoint)) as client:
         first = asyncio.create_task(tokens.token(client))
         second = asyncio.create_task(tokens.token(client))
-        await entered.wait()
+        await endpoint.entered.wait()
         first.cancel()
-        release.set()
+        endpoint.release.set()
         assert await second == "ya29.first"
         with pytest.raises(asyncio.CancelledError):
             await first
         assert await tokens.token(client) == "ya29.first"
-    assert calls == 1
+    assert endpoint.calls == 1
 
 
 async def test_the_token_is_replaced_exactly_at_expiry_minus_the_margin() -> None:
