@@ -1,7 +1,10 @@
 """The alternatives a user would put in Switchman's place: nginx and the LiteLLM proxy.
 
 :class:`PeerStack` is the overhead :class:`~tests.bench.overhead.Stack` with
-two more sides in front of the same OpenAI emulator:
+three more sides in front of the same OpenAI emulator:
+
+* ``passthrough``: Switchman's own stack doing nothing but forwarding
+  (:mod:`tests.bench.passthrough`): the floor under Switchman's added latency;
 
 * ``nginx``: a plain reverse proxy with upstream keep-alive, the floor for any
   proxy on this machine (Debian's ``nginx``, run as a foreground child with a
@@ -11,7 +14,7 @@ two more sides in front of the same OpenAI emulator:
   map, so nothing leaves loopback) with two deployments of the emulator, called
   on its OpenAI-compatible ``/v1/images/generations`` with its master key.
 
-Both are pinned to the CPU Switchman gets. A peer that cannot be installed or
+All are pinned to the CPU Switchman gets. A peer that cannot be installed or
 started is left out with the exact error in :attr:`Stack.errors`, and the
 benchmark goes on without it.
 """
@@ -183,9 +186,24 @@ class PeerStack(Stack):
 
     def _start(self) -> None:
         super()._start()
+        self._start_passthrough()
         self._start_nginx()
         if self.want_litellm:
             self._start_litellm()
+
+    def _start_passthrough(self) -> None:
+        port = free_port()
+        direct = self.targets["direct"]
+        cmd = [sys.executable, "-m", "tests.bench.passthrough", "--port", str(port)]
+        proc = self.procs.spawn(
+            "passthrough", [*cmd, "--upstream", direct.url], cpus=self.server_cpus
+        )
+        target = Target(
+            url=direct.url.replace(self.emulator_url, f"http://127.0.0.1:{port}"),
+            headers=direct.headers,
+            body=direct.body,
+        )
+        self.start_side("passthrough", target, proc)
 
     def _start_nginx(self) -> None:
         try:

@@ -43,6 +43,7 @@ SIDE_COLORS: Final = {
     "direct": "tab:blue",
     "switchman": "tab:orange",
     "nginx": "tab:green",
+    "passthrough": "tab:purple",
     "litellm": "tab:red",
 }
 
@@ -217,8 +218,9 @@ def _machine_section(r: BenchResults) -> list[str]:
     pkgs = ", ".join(f"{k} {v}" for k, v in m.packages.items())
     load = ", ".join(f"{x:.2f}" for x in m.load_average)
     placement = (
-        "The proxy under test (Switchman, nginx or LiteLLM) pinned to CPU 0; the emulator "
-        "and the load generator share CPU 1 (`taskset`). Chaos and scale runs are not pinned."
+        "The proxy under test (Switchman, the pass-through, nginx or LiteLLM) pinned to CPU 0; "
+        "the emulator and the load generator share CPU 1 (`taskset`). Chaos and scale runs are "
+        "not pinned."
         if r.pinned
         else "No CPU pinning: the server, the emulator and the load generator share every core."
     )
@@ -233,6 +235,11 @@ def _machine_section(r: BenchResults) -> list[str]:
         "- Switchman: `switchman serve` (uvicorn + uvloop + httptools, one worker, log level "
         "WARNING), SQLite in a temp dir, one `openai` provider pointing at the emulator, "
         "`storage.assets.enabled: false` (provider URLs passed through, as the peers do).",
+        "- Pass-through: `python -m tests.bench.passthrough`, Switchman's own stack (the same "
+        "uvicorn options, litestar, the shared httpx client on the aiohttp transport) with one "
+        "route that forwards the request and returns the upstream's bytes: no auth, routing, "
+        "job record or telemetry. Its added latency is the floor under Switchman's on this "
+        "machine; it is measured for latency only, not saturation.",
         "- nginx (Debian package): `daemon off; master_process on; worker_processes 1;`, "
         "no access log, upstream keep-alive 256.",
         "- LiteLLM proxy: `litellm[proxy]` in `.bench/litellm-venv`, one worker, no database, "
@@ -409,7 +416,7 @@ def _overhead_section(r: BenchResults, plots: Path) -> list[str]:
     if not r.overhead:
         return []
     lines = [
-        "## Added latency: direct, Switchman, nginx, LiteLLM",
+        "## Added latency: direct, Switchman, pass-through, nginx, LiteLLM",
         "",
         "Milliseconds, from intended send time. Each side: "
         f"{r.overhead[0].runs} interleaved runs × {r.overhead[0].run_s:g} s after a 1 s "

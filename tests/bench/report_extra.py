@@ -27,7 +27,7 @@ __all__ = [
     "scale_section",
 ]
 
-PEERS: Final = ("switchman", "nginx", "litellm")
+PEERS: Final = ("switchman", "passthrough", "nginx", "litellm")
 SATURATION_RATIO_TARGET: Final = 5.0
 ORACLE_SUCCESS_GAP: Final = 0.001
 ORACLE_COST_GAP: Final = 0.10
@@ -91,6 +91,19 @@ def peers_summary(
             f"| saturation, Switchman ÷ LiteLLM | ≥ {SATURATION_RATIO_TARGET:g}× | {text} | "
             f"{verdict} |"
         )
+    at0 = _at(overhead, rate, 0.0)
+    if at0 is not None and "passthrough" in at0.by_side:
+        for q in (50.0, 99.0):
+            floor, ours = at0.added_ms(q, "passthrough"), at0.added_ms(q)
+            if floor is not None and ours is not None:
+                rows.append(
+                    f"| added p{q:g} at {rate:g} req/s of an empty pass-through on the same "
+                    f"stack (the floor) | — | {floor:.2f} ms | — |"
+                )
+                rows.append(
+                    f"| added p{q:g} at {rate:g} req/s, Switchman over that floor | — | "
+                    f"{ours - floor:.2f} ms | — |"
+                )
     at20 = _at(overhead, rate, 0.02)
     if at20 is not None:
         for q in (50.0, 99.0):

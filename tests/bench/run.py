@@ -58,6 +58,9 @@ SATURATION_RATES: Final = (
 )
 #: ``(upstream service time s, rate req/s)`` of the interleaved added-latency runs.
 OVERHEAD_POINTS: Final = ((0.0, 50.0), (0.0, 200.0), (0.02, 200.0))
+#: Sides measured for added latency only (their saturation would lengthen the run past
+#: its 20-minute bound and decide nothing).
+LATENCY_ONLY: Final = frozenset({"passthrough"})
 WORKER_RATES: Final = (100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 800.0, 1000.0)
 
 
@@ -174,6 +177,8 @@ def _peers(
             results.overhead.append(measure_overhead(stack, rate, runs=runs, run_s=run_s))
         stack.set_emulator_latency(0.0)
         for side in stack.sides():
+            if side in LATENCY_ONLY:
+                continue
             _log(f"saturation, {side}")
             results.saturation.append(
                 measure_saturation(stack, side, SATURATION_RATES, step_s=step_s)

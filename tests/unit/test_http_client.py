@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import gzip
+import socket
 import weakref
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from aiohttp import web
+from httpx_aiohttp import AiohttpTransport
 
 from router.http_client import CycleFreeClient, NoCookieJar, new_client
+from tests.loopback import serve_app
 
 
 def _ok(request: httpx.Request) -> httpx.Response:
@@ -83,3 +89,80 @@ async def test_a_streamed_response_still_streams() -> None:
     ):
         body = b"".join([chunk async for chunk in response.aiter_bytes()])
     assert b"cdn.test" in body
+
+
+async def _gzip_json(request: web.Request) -> web.Response:
+    body = gzip.compress(b'{"data": [{"url": "https://cdn.test/z.png"}]}')
+    return web.Response(body=body, headers={"Content-Encoding": "gzip", "X-Seen": request.path})
+
+
+async def _slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(5)
+    return web.Response(text="late")
+
+
+async def test_a_plain_read_over_real_http_decodes_and_is_freed_by_reference_counting() -> None:
+    app = web.Application()
+    app.router.add_post("/v1/images", _gzip_json)
+    async with serve_app(app) as base, CycleFreeClient(transport=AiohttpTransport()) as client:
+        response = await client.post(f"{base}/v1/images", content=b"{}")
+        assert response.status_code == 200
+        assert response.json()["data"][0]["url"] == "https://cdn.test/z.png"
+        assert response.headers["x-seen"] == "/v1/images"
+        assert response.request.url == f"{base}/v1/images"
+        assert response.is_closed
+        gc.collect()
+        gc.disable()
+        try:
+            freed = weakref.ref(response)
+            del response
+            assert freed() is None
+        finally:
+            gc.enable()
+
+
+async def test_a_plain_read_raises_httpx_errors_that_name_their_request() -> None:
+    app = web.Application()
+    app.router.add_get("/slow", _slow)
+    async with serve_app(app) as base, CycleFreeClient(transport=AiohttpTransport()) as client:
+        with pytest.raises(httpx.ReadTimeout) as timed_out:
+            await client.get(f"{base}/slow", timeout=httpx.Timeout(5.0, read=0.05))
+        assert timed_out.value.request.url == f"{base}/slow"
+    with pytest.raises(httpx.TransportError) as refused:  # the transport maps it to a timeout
+        async with CycleFreeClient(transport=AiohttpTransport()) as client:
+            await client.get(f"http://127.0.0.1:{_closed_port()}/x")
+    assert refused.value.request.method == "GET"
+
+
+async def test_a_plain_read_skips_httpx_s_auth_and_redirect_layers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What makes the shared client cheaper per call (see the module doc)."""
+
+    async def never(*args: object, **kwargs: object) -> httpx.Response:
+        raise AssertionError("took httpx's layered path")
+
+    monkeypatch.setattr(httpx.AsyncClient, "_send_handling_auth", never)
+    async with CycleFreeClient(transport=httpx.MockTransport(_ok)) as client:
+        response = await client.post("http://provider.test/v1/images", json={"p": 1})
+    assert response.json()["data"][0]["url"] == "https://cdn.test/a.png"
+
+
+async def test_hooks_or_auth_take_httpx_s_own_path() -> None:
+    seen: list[str] = []
+
+    async def hook(request: httpx.Request) -> None:
+        seen.append(request.headers.get("authorization", ""))
+
+    client = CycleFreeClient(transport=httpx.MockTransport(_ok), event_hooks={"request": [hook]})
+    async with client:
+        await client.get("http://provider.test/a")
+        await client.get("http://provider.test/b", auth=("user", "pw"))
+    assert seen[0] == ""
+    assert seen[1].startswith("Basic ")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
