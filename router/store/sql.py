@@ -840,6 +840,12 @@ class _SqliteRunner:
     BUSY_MS = 1
     #: How long an operation keeps retrying a locked database before it fails.
     LOCKED_GIVE_UP_S = 5.0
+    #: Waits between those retries, doubling from the first to the cap. The lock is
+    #: mostly the checkpointer's WAL restart, held for a few to tens of ms: a short cap
+    #: resumes writers soon after it is released (with a 50 ms cap, a 20 ms hold
+    #: delayed them by 30 ms), and a failed attempt costs microseconds.
+    LOCKED_FIRST_WAIT_S = 0.001
+    LOCKED_MAX_WAIT_S = 0.005
     CHECKPOINT_EVERY_S = 1.0
     #: A WAL larger than this is restarted after the passive checkpoint (see :func:`_checkpoint`).
     WAL_RESTART_BYTES = 64 * 1024 * 1024
@@ -889,7 +895,7 @@ class _SqliteRunner:
     ) -> _T:
         if self._engine is None:
             raise RuntimeError("the store is not started")
-        delay = 0.002
+        delay = self.LOCKED_FIRST_WAIT_S
         give_up = time.monotonic() + self.LOCKED_GIVE_UP_S
         while True:
             try:
@@ -898,7 +904,7 @@ class _SqliteRunner:
                 if "locked" not in str(exc) or time.monotonic() > give_up:
                     raise
             await asyncio.sleep(delay)  # another process writes: yield, then retry
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, self.LOCKED_MAX_WAIT_S)
 
     def _in_transaction(
         self, fn: Callable[Concatenate[Connection, _P], _T], *args: _P.args, **kwargs: _P.kwargs
