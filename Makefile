@@ -4,13 +4,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench bench-deps clean sandbox system-deps
+.PHONY: run test lint typecheck unit bench bench-deps clean sandbox system-deps constraints
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every installed version to the set the suite last passed with:
+# pyproject.toml's ranges alone let a fresh clone pick up a release CI never ran.
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+## constraints: re-resolve the newest versions pyproject.toml allows and pin them
+## (then run `make test` before committing the new constraints.txt)
+constraints:
+	rm -rf $(VENV).resolve
+	$(PY) -m venv $(VENV).resolve
+	$(VENV).resolve/bin/pip install --quiet --upgrade pip
+	$(VENV).resolve/bin/pip install --quiet -e '.[dev]'
+	{ sed -n '1,2p' constraints.txt; $(VENV).resolve/bin/pip freeze --exclude-editable; } \
+	  > constraints.txt.new && mv constraints.txt.new constraints.txt
+	rm -rf $(VENV).resolve
 
 ## run: start Switchman on the embedded default config (SQLite, sandbox providers on loopback)
 run: $(STAMP)

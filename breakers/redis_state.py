@@ -545,7 +545,7 @@ class RedisState:
         except BaseException:
             self.online = False
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8
             raise
         self._down.clear()
         self._loops = [
@@ -613,7 +613,7 @@ class RedisState:
             self._mark_down(exc)
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8
 
     def _deliver(self, payload: Any) -> None:
         try:
