@@ -12,22 +12,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from router.store import JobRecord, SqlJobStore, new_job_id
+from router.store import SqlJobStore
 from router.store.sql import _SqliteRunner
-
-T0 = 1_800_000_000.0
-
-
-def _job() -> JobRecord:
-    return JobRecord(
-        id=new_job_id(),
-        tenant="t",
-        kind="image",
-        request=b"{}",
-        created_at=T0,
-        updated_at=T0,
-        deadline_at=T0 + 60,
-    )
+from tests.unit import test_store
 
 
 @pytest.fixture
@@ -62,7 +49,7 @@ async def test_a_locked_write_yields_to_the_loop_and_lands_after_the_release(
             await asyncio.sleep(0)
 
     ticking = asyncio.create_task(ticker())
-    job = _job()
+    job = test_store.make_job()
     write = asyncio.create_task(s.create_job(job))
     while ticks < 200:  # the loop keeps running other work while the write waits
         await asyncio.sleep(0)
@@ -85,7 +72,7 @@ async def test_a_write_locked_past_the_limit_fails(
     started = time.monotonic()
     try:
         with pytest.raises(sa.exc.OperationalError, match="locked"):
-            await s.create_job(_job())
+            await s.create_job(test_store.make_job())
     finally:
         other.execute("ROLLBACK")
         other.close()
