@@ -43,6 +43,7 @@ __all__ = [
     "PeerStack",
     "ensure_litellm",
     "litellm_env",
+    "litellm_version",
     "nginx_config",
     "start_litellm",
     "start_nginx",
@@ -130,6 +131,19 @@ def ensure_litellm(venv: Path = LITELLM_VENV, timeout_s: float = 600.0) -> Path:
     return exe
 
 
+def litellm_version(venv: Path = LITELLM_VENV) -> str | None:
+    """The LiteLLM version installed in ``venv`` (from its dist-info), ``None`` if none is.
+
+    The bench installs the newest ``litellm[proxy]``, as a user would, so the report
+    must say which one it measured.
+    """
+    for info in sorted(venv.glob("lib/python*/site-packages/litellm-*.dist-info")):
+        name, _, version = info.name.removesuffix(".dist-info").partition("-")
+        if name == "litellm" and version:
+            return version
+    return None
+
+
 def litellm_env() -> dict[str, str]:
     """Environment for the LiteLLM proxy: no telemetry, no network fetches, quiet logs."""
     return {
@@ -183,6 +197,8 @@ class PeerStack(Stack):
         self.want_litellm = litellm
         #: Seconds LiteLLM took to install (0 if already there) and to start.
         self.litellm_install_s = 0.0
+        #: The LiteLLM version measured (``None``: not installed).
+        self.litellm_version: str | None = None
 
     def _start(self) -> None:
         super()._start()
@@ -227,6 +243,7 @@ class PeerStack(Stack):
             self.errors["litellm"] = f"could not install litellm[proxy]: {exc}"
             return
         self.litellm_install_s = time.monotonic() - started
+        self.litellm_version = litellm_version()
         url, proc = start_litellm(
             self.procs, exe, litellm_overhead_config(self.emulator_url), cpus=self.server_cpus
         )

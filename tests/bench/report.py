@@ -122,6 +122,8 @@ class BenchResults:
     side_errors: dict[str, str] = field(default_factory=dict)
     #: Seconds spent installing LiteLLM into its throwaway virtualenv (0: already there).
     litellm_install_s: float = 0.0
+    #: The LiteLLM version measured (the newest at install time; ``None``: not installed).
+    litellm_version: str | None = None
     chaos: ChaosResults | None = None
     scale: ScaleResults | None = None
     #: Section → the exception that stopped it (the rest of the run went on).
@@ -242,7 +244,8 @@ def _machine_section(r: BenchResults) -> list[str]:
         "machine; it is measured for latency only, not saturation.",
         "- nginx (Debian package): `daemon off; master_process on; worker_processes 1;`, "
         "no access log, upstream keep-alive 256.",
-        "- LiteLLM proxy: `litellm[proxy]` in `.bench/litellm-venv`, one worker, no database, "
+        f"- LiteLLM proxy: `litellm[proxy]` {r.litellm_version or '(version unknown)'} in "
+        "`.bench/litellm-venv`, one worker, no database, "
         "`LITELLM_TELEMETRY=False`, `LITELLM_LOCAL_MODEL_COST_MAP=True`, two deployments of "
         "the emulator as `openai/dall-e-3`.",
         "- Emulator: `switchman sandbox --provider openai --faults none`, service time 0 ms "

@@ -167,6 +167,7 @@ def _peers(
         results.switchman_error = stack.switchman_error
         results.side_errors = {k: v for k, v in stack.errors.items() if k != "switchman"}
         results.litellm_install_s = stack.litellm_install_s
+        results.litellm_version = stack.litellm_version
         _log(f"sides: {', '.join(stack.sides())}; not measured: {sorted(stack.errors) or '-'}")
         _log("load-generator client cost")
         for client in ("aiohttp", "httpx"):
