@@ -57,7 +57,7 @@ system-deps:
 ## test: lint, type-check and the whole suite
 test: system-deps lint typecheck unit
 
-## bench: benchmarks (not part of `make test`); writes docs/BENCHMARKS.md (~16 min; 17.5–18
+## bench: benchmarks (not part of `make test`); writes docs/BENCHMARKS.md (~16 min; 16.5–18
 ## min from a fresh clone, with .venv and LiteLLM installs; BENCH_ARGS=--quick for a ~5 min
 ## smoke run). LiteLLM goes into .bench/litellm-venv. Then update the README's Benchmarks
 ## figures: tests/unit/test_readme_figures.py fails while one is not in the new report.
