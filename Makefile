@@ -6,24 +6,28 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck unit bench bench-deps clean sandbox system-deps constraints
 
+# $(call install,VENV,PIP_ARGS): a virtualenv at VENV with Switchman and its dev extras.
+define install
+	$(PY) -m venv $(1)
+	$(1)/bin/pip install --quiet --upgrade pip
+	$(1)/bin/pip install --quiet $(2) -e '.[dev]'
+endef
+
 # constraints.txt pins every installed version to the set the suite last passed with:
 # pyproject.toml's ranges alone let a fresh clone pick up a release CI never ran.
 $(STAMP): pyproject.toml constraints.txt
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(call install,$(VENV),-c constraints.txt)
 	touch $(STAMP)
 
 ## constraints: re-resolve the newest versions pyproject.toml allows and pin them
 ## (then run `make test` before committing the new constraints.txt)
+RESOLVE := $(VENV).resolve
 constraints:
-	rm -rf $(VENV).resolve
-	$(PY) -m venv $(VENV).resolve
-	$(VENV).resolve/bin/pip install --quiet --upgrade pip
-	$(VENV).resolve/bin/pip install --quiet -e '.[dev]'
-	{ sed -n '1,2p' constraints.txt; $(VENV).resolve/bin/pip freeze --exclude-editable; } \
+	rm -rf $(RESOLVE)
+	$(call install,$(RESOLVE),)
+	{ grep '^#' constraints.txt; $(RESOLVE)/bin/pip freeze --exclude-editable; } \
 	  > constraints.txt.new && mv constraints.txt.new constraints.txt
-	rm -rf $(VENV).resolve
+	rm -rf $(RESOLVE)
 
 ## run: start Switchman on the embedded default config (SQLite, sandbox providers on loopback)
 run: $(STAMP)
