@@ -39,6 +39,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, cast
 
 import msgspec
@@ -62,6 +63,7 @@ from router.store.records import (
     IdempotencyRecord,
     JobRecord,
 )
+from router.store.sqlite_wal import checkpoint, checkpoint_executor
 from router.store.tables import assets, attempts, idempotency_keys, job_events, jobs
 
 __all__ = ["InvalidCursor", "LeaseLost", "SqlJobStore", "UnknownJob", "open_store"]
@@ -831,7 +833,16 @@ class _SqliteRunner:
     ``await`` instead of SQLite's blocking busy wait.
     """
 
-    __slots__ = ("_checkpointer", "_conn", "_engine", "_options", "_url")
+    __slots__ = (
+        "_checkpoint_thread",
+        "_checkpointer",
+        "_conn",
+        "_engine",
+        "_options",
+        "_url",
+        "_writes",
+        "_writes_at_checkpoint",
+    )
 
     #: How long one inline attempt may wait for the write lock. SQLite's busy wait sleeps
     #: on the event loop's thread (1, 2, 5, 10 ms...): 20 ms stalled every request in
@@ -847,7 +858,8 @@ class _SqliteRunner:
     LOCKED_FIRST_WAIT_S = 0.001
     LOCKED_MAX_WAIT_S = 0.005
     CHECKPOINT_EVERY_S = 1.0
-    #: A WAL larger than this is restarted after the passive checkpoint (see :func:`_checkpoint`).
+    #: A WAL larger than this is restarted after the passive checkpoint (see
+    #: :func:`router.store.sqlite_wal.checkpoint`).
     WAL_RESTART_BYTES = 64 * 1024 * 1024
 
     def __init__(self, url: URL, options: dict[str, Any]) -> None:
@@ -856,6 +868,10 @@ class _SqliteRunner:
         self._engine: Engine | None = None
         self._conn: Connection | None = None
         self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpoint_thread: ThreadPoolExecutor | None = None
+        #: Write operations run, and how many had run at the last checkpoint.
+        self._writes = 0
+        self._writes_at_checkpoint = 0
 
     async def start(self) -> None:
         options = dict(self._options)
@@ -869,6 +885,7 @@ class _SqliteRunner:
         event.listen(engine, "connect", _on_sqlite_connect)
         self._engine = engine
         if not _is_memory_sqlite(self._url) and self._url.database:
+            self._checkpoint_thread = checkpoint_executor()
             self._checkpointer = asyncio.create_task(
                 self._checkpoint_loop(self._url.database), name="sqlite checkpoints"
             )
@@ -879,6 +896,9 @@ class _SqliteRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpointer
             self._checkpointer = None
+        if self._checkpoint_thread is not None:
+            self._checkpoint_thread.shutdown(wait=True)  # a round in progress ends first
+            self._checkpoint_thread = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -895,6 +915,7 @@ class _SqliteRunner:
     ) -> _T:
         if self._engine is None:
             raise RuntimeError("the store is not started")
+        self._writes += write
         delay = self.LOCKED_FIRST_WAIT_S
         give_up = time.monotonic() + self.LOCKED_GIVE_UP_S
         while True:
@@ -924,42 +945,18 @@ class _SqliteRunner:
 
     async def _checkpoint_loop(self, path: str) -> None:
         """Fold the WAL into the database from a thread, so its fsync never blocks the loop."""
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.CHECKPOINT_EVERY_S)
+            if self._writes == self._writes_at_checkpoint:
+                # Nothing new to copy: a round now would only rewrite the page that
+                # began the current log (see sqlite_wal), once a second while idle.
+                continue
+            self._writes_at_checkpoint = self._writes
             with contextlib.suppress(Exception):  # best effort; the next round retries
-                await asyncio.to_thread(_checkpoint, path, self.WAL_RESTART_BYTES)
-
-
-def _checkpoint(path: str, restart_over_bytes: int) -> None:
-    """Copy the WAL into the database; restart the WAL once its live part is over the limit.
-
-    A passive checkpoint never blocks the writer, but under steady writes it never
-    finds the log fully copied at the instant a write begins, so SQLite never rewinds
-    it: the file grew by ~70 KB per job without bound (127 MB after 1,800 jobs,
-    measured). After the passive pass almost nothing is left to copy, so a RESTART
-    holds writers off only briefly (the event loop's writes back off with an
-    ``await``, see ``_SqliteRunner.run``) and the next commit writes from the start
-    of the file again, so it stays near the limit.
-
-    The limit is on the frames in use, which the passive pass reports, not on the
-    file's size: a restart rewinds the log without shrinking the file, so a size test
-    stays true once passed and restarted every round (each one a writer stall).
-    """
-    conn = sqlite3.connect(path, timeout=1.0)
-    try:
-        row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        frames = int(row[1]) if row is not None and row[1] is not None else 0
-        if frames <= 0:
-            return
-        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        if frames * (page_size + _WAL_FRAME_HEADER) > restart_over_bytes:
-            conn.execute("PRAGMA wal_checkpoint(RESTART)")
-    finally:
-        conn.close()
-
-
-#: Bytes before each page in the WAL file (sqlite.org/fileformat.html, "WAL File Format").
-_WAL_FRAME_HEADER: Final = 24
+                await loop.run_in_executor(
+                    self._checkpoint_thread, checkpoint, path, self.WAL_RESTART_BYTES
+                )
 
 
 # --- the store -------------------------------------------------------------------------

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
 
-from router.store.sql import _checkpoint
+import pytest
+
+from router.store.sqlite_wal import LOWEST_PRIORITY, checkpoint_executor
+from router.store.sqlite_wal import checkpoint as _checkpoint
 
 ROW = b"x" * 2000
 
@@ -82,7 +87,9 @@ def test_a_restart_rewinds_the_log_once_its_live_part_passes_the_limit(tmp_path:
         conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
     _checkpoint(str(path), 1024 * 1024)
     conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
-    assert _wal_frames(conn) <= 3  # written from the start of the file again
+    # Written from the start of the file again: the page that began the new log
+    # (``_begin_new_log``), then the insert's (at most three).
+    assert _wal_frames(conn) <= 4
     assert Path(f"{path}-wal").stat().st_size > 1024 * 1024  # the file keeps its size
     conn.close()
 
@@ -111,3 +118,63 @@ def test_a_rewound_log_is_not_restarted_again_while_small(tmp_path: Path) -> Non
     reader.close()
     conn.close()
     assert elapsed < 0.5, f"restarted a small log (waited {elapsed:.2f} s for the reader)"
+
+
+def _wal_salts(path: Path) -> bytes:
+    """The WAL header's salts: SQLite draws new ones each time it rewinds the log."""
+    with open(f"{path}-wal", "rb") as wal:
+        return wal.read(32)[16:24]
+
+
+def _fill(conn: sqlite3.Connection, rows: int = 50) -> None:
+    for _ in range(rows):
+        conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
+
+
+def test_the_writer_rewinds_a_fully_copied_log_when_left_to_itself(tmp_path: Path) -> None:
+    """The hazard: after a checkpoint that copies everything, the next commit rewinds
+    the log (new salts) and syncs its header, on the writer's thread, the event loop's."""
+    path = tmp_path / "plain.db"
+    conn = _writer(path)
+    _fill(conn)
+    other = sqlite3.connect(path, isolation_level=None)
+    assert other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    other.close()
+    before = _wal_salts(path)
+    conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
+    assert _wal_salts(path) != before
+    conn.close()
+
+
+@pytest.mark.parametrize("restart_over_bytes", [1 << 62, 1024], ids=["passive", "restart"])
+def test_the_checkpointer_begins_the_new_log_itself(
+    tmp_path: Path, restart_over_bytes: int
+) -> None:
+    """After :func:`checkpoint` has copied everything, the writer's next commit appends
+    to a log the checkpointer already rewound: it neither rewinds nor syncs."""
+    path = tmp_path / "primed.db"
+    conn = _writer(path)
+    _fill(conn)
+    salts = _wal_salts(path)
+    _checkpoint(str(path), restart_over_bytes)
+    rewound = _wal_salts(path)
+    assert rewound != salts  # the checkpointer's own write began a new log
+    conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
+    assert _wal_salts(path) == rewound
+    assert _wal_frames(conn) > 0  # appended, not yet copied
+    conn.close()
+
+
+def test_the_checkpoint_thread_runs_at_the_lowest_priority() -> None:
+    """Only that thread: the event loop's keeps the process's priority."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    executor = checkpoint_executor()
+    try:
+        theirs = executor.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        ).result(timeout=5)
+    finally:
+        executor.shutdown()
+    if sys.platform == "linux":
+        assert theirs == LOWEST_PRIORITY
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own

@@ -78,3 +78,33 @@ async def test_a_write_locked_past_the_limit_fails(
         other.close()
     # Retries at most LOCKED_MAX_WAIT_S apart: it gives up soon after the limit.
     assert time.monotonic() - started < 0.05 + 10 * _SqliteRunner.LOCKED_MAX_WAIT_S + 0.5
+
+
+async def test_checkpoint_rounds_run_only_after_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle store checkpoints nothing: a round with no new writes would only rewrite
+    the page that began the current log, once a second, forever."""
+    rounds: list[str] = []
+
+    def recording_checkpoint(path: str, restart_over_bytes: int) -> None:
+        rounds.append(path)
+
+    monkeypatch.setattr("router.store.sql.checkpoint", recording_checkpoint)
+    monkeypatch.setattr(_SqliteRunner, "CHECKPOINT_EVERY_S", 0.002)
+    s = SqlJobStore(f"sqlite+aiosqlite:///{tmp_path / 'idle.db'}")
+    await s.start()
+    try:
+
+        async def rounds_reach(n: int) -> None:
+            while len(rounds) < n:
+                await asyncio.sleep(0.001)
+
+        await s.create_job(test_store.make_job())
+        await asyncio.wait_for(rounds_reach(1), timeout=5.0)
+        await asyncio.sleep(0.05)  # ~25 idle rounds
+        assert len(rounds) == 1
+        await s.create_job(test_store.make_job())
+        await asyncio.wait_for(rounds_reach(2), timeout=5.0)
+    finally:
+        await s.close()
