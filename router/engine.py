@@ -131,9 +131,18 @@ class _Run:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: bool = False
     task: asyncio.Task[None] | None = None
+    #: The task ended without running (cancelled before its first step).
+    never_started: bool = False
     #: The last event number written, and events waiting for the next write.
     event_seq: int = 0
     events: list[EventRecord] = field(default_factory=list)
+
+    def wake_if_never_started(self, _task: asyncio.Task[None]) -> None:
+        """The job task's done callback: wake :meth:`JobEngine.submit` if the task ended
+        without running, as its ``finally`` (which sets :attr:`persisted`) never ran."""
+        if not self.persisted.is_set():
+            self.never_started = True
+            self.persisted.set()
 
 
 @dataclass(slots=True)
@@ -306,19 +315,16 @@ class JobEngine:
             trace_headers=dict(trace_headers or {}),
         )
         self._runs[job.id] = run
-        run.task = asyncio.create_task(self._run_job(run), name=f"job {job.id}")
-        persisted = asyncio.ensure_future(run.persisted.wait())
-        try:
-            await asyncio.wait({persisted, run.task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            persisted.cancel()
+        task = run.task = asyncio.create_task(self._run_job(run), name=f"job {job.id}")
+        # One event, no helper task or asyncio.wait: this runs for every request.
+        task.add_done_callback(run.wake_if_never_started)
+        await run.persisted.wait()
         if run.no_provider is not None:
             raise run.no_provider
         if run.key_taken is not None:
             raise run.key_taken
-        if not run.persisted.is_set():
-            # The task died before writing anything: surface its error.
-            await run.task
+        if run.never_started:
+            await task  # cancelled before its first step: surface that
         return job
 
     async def wait(self, job_id: str, timeout_s: float) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 
 __all__ = ["CycleFreeClient", "NoCookieJar", "new_client"]
 
@@ -100,12 +101,40 @@ class CycleFreeClient(httpx.AsyncClient):
             raise
         response.request = request
         try:
-            await response.aread()  # decodes any Content-Encoding, then closes the stream
+            stream = response.stream
+            if isinstance(stream, AiohttpResponseStream) and not response.headers.get(
+                "content-encoding"
+            ):
+                await _read_identity(response, stream)
+            else:
+                await response.aread()  # decodes the Content-Encoding, then closes the stream
         except BaseException:
             await response.aclose()
             raise
         response.stream = httpx.ByteStream(response.content)
         return response
+
+
+async def _read_identity(response: httpx.Response, stream: AiohttpResponseStream) -> None:
+    """Read a body without a Content-Encoding in one call to aiohttp.
+
+    ``Response.aread`` walks httpx's chunking and decoder layers and the transport's
+    chunk iterator, for nothing when there is nothing to decode: one ``read()`` is
+    ~25 µs less CPU per request (measured on the emulator's 300-byte answer, one
+    core). What ``aread`` would leave behind is set the same way: the bytes, and the
+    stream marked consumed and closed; transport errors map to httpx's and name the
+    request, as there.
+    """
+    try:
+        with map_aiohttp_exceptions():
+            body = await stream._aiohttp_response.read()
+    except httpx.RequestError as exc:
+        exc.request = response.request  # as aread's errors name theirs
+        raise
+    await stream.aclose()
+    response._content = body
+    response.is_stream_consumed = True
+    response.is_closed = True
 
 
 def new_client(*, max_connections: int = 1000, max_keepalive: int = 200) -> httpx.AsyncClient:

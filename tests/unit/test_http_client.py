@@ -166,3 +166,64 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def _stalled_body(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"content-length": "100"})
+    await response.prepare(request)
+    await response.write(b'{"data": [')
+    await asyncio.sleep(1)  # past the client's read timeout; the test waits for it at exit
+    return response
+
+
+async def _cut_body(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"content-length": "100"})
+    await response.prepare(request)
+    await response.write(b'{"data": [')
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+async def test_an_unencoded_body_is_read_in_one_call_and_freed_by_reference_counting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def never(self: httpx.Response) -> bytes:
+        raise AssertionError("read through httpx's decoder layers")
+
+    async def plain(request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"url": "https://cdn.test/p.png"}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/images", plain)
+    app.router.add_post("/v1/gzip", _gzip_json)
+    async with serve_app(app) as base, CycleFreeClient(transport=AiohttpTransport()) as client:
+        zipped = await client.post(f"{base}/v1/gzip", content=b"{}")  # decodes: aread
+        monkeypatch.setattr(httpx.Response, "aread", never)
+        response = await client.post(f"{base}/v1/images", content=b"{}")
+        assert response.json()["data"][0]["url"] == "https://cdn.test/p.png"
+        assert response.content == response.read() == b"".join(response.iter_bytes())
+        assert response.is_closed
+        assert response.is_stream_consumed
+        gc.collect()
+        gc.disable()
+        try:
+            freed = weakref.ref(response)
+            del response
+            assert freed() is None
+        finally:
+            gc.enable()
+    assert zipped.json()["data"][0]["url"] == "https://cdn.test/z.png"
+
+
+async def test_a_body_that_stalls_or_is_cut_raises_httpx_errors_that_name_their_request() -> None:
+    app = web.Application()
+    app.router.add_get("/stalled", _stalled_body)
+    app.router.add_get("/cut", _cut_body)
+    async with serve_app(app) as base, CycleFreeClient(transport=AiohttpTransport()) as client:
+        with pytest.raises(httpx.ReadTimeout) as timed_out:
+            await client.get(f"{base}/stalled", timeout=httpx.Timeout(5.0, read=0.2))
+        assert timed_out.value.request.url == f"{base}/stalled"
+        with pytest.raises(httpx.TransportError) as cut:
+            await client.get(f"{base}/cut")
+        assert cut.value.request.url == f"{base}/cut"
