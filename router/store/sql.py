@@ -897,7 +897,8 @@ class _SqliteRunner:
                 await self._checkpointer
             self._checkpointer = None
         if self._checkpoint_thread is not None:
-            self._checkpoint_thread.shutdown(wait=True)  # a round in progress ends first
+            # A round in progress ends first; wait for it off the loop.
+            await asyncio.to_thread(self._checkpoint_thread.shutdown, wait=True)
             self._checkpoint_thread = None
         if self._conn is not None:
             self._conn.close()
