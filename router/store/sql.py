@@ -239,13 +239,18 @@ _INSERT_ASSET: Final = {
 }
 
 
+#: What an attempt never changes once written: setting them again would rewrite the
+#: ``(job_id, seq)`` index entry (on SQLite one more WAL page per save) for nothing.
+_ATTEMPT_IDENTITY: Final = frozenset({"id", "job_id", "seq", "provider"})
+
+
 def _build_upsert_attempt(dialect: str) -> sa.Executable:
     """``INSERT … ON CONFLICT (id) DO UPDATE``: one statement instead of select-then-write."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(attempts)
     return stmt.on_conflict_do_update(
         index_elements=[attempts.c.id],
-        set_={c.name: stmt.excluded[c.name] for c in attempts.c if c.name not in ("id", "job_id")},
+        set_={c.name: stmt.excluded[c.name] for c in attempts.c if c.name not in _ATTEMPT_IDENTITY},
     )
 
 

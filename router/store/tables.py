@@ -84,8 +84,21 @@ attempts = sa.Table(
 )
 # Unique (job_id, seq) doubles as the job_id index and returns attempts already in order.
 sa.Index("uq_attempts_job_seq", attempts.c.job_id, attempts.c.seq, unique=True)
-sa.Index("ix_attempts_provider_upstream", attempts.c.provider, attempts.c.upstream_id)
-sa.Index("ix_jobs_callback_state", jobs.c.callback_state)
+# Revision 0005: both only over rows with a value (most hold NULL), which every query on
+# them asks for; see that migration.
+sa.Index(
+    "ix_attempts_provider_upstream",
+    attempts.c.provider,
+    attempts.c.upstream_id,
+    sqlite_where=attempts.c.upstream_id.is_not(None),
+    postgresql_where=attempts.c.upstream_id.is_not(None),
+)
+sa.Index(
+    "ix_jobs_callback_state",
+    jobs.c.callback_state,
+    sqlite_where=jobs.c.callback_state.is_not(None),
+    postgresql_where=jobs.c.callback_state.is_not(None),
+)
 
 # Revision 0002 ---------------------------------------------------------------------------
 

@@ -385,7 +385,7 @@ async def test_migrations_run_twice_are_a_no_op(backend: Backend) -> None:
     finally:
         await engine.dispose()
 
-    assert revision == migrate.head_revision() == "0004"
+    assert revision == migrate.head_revision() == "0005"
     assert got == job
 
 
