@@ -73,7 +73,8 @@ def _checkpoint(conn: sqlite3.Connection, mode: str) -> tuple[int, int, int]:
     row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
     if row is None:
         return 1, 0, 0
-    return tuple(-1 if v is None else int(v) for v in row)  # type: ignore[return-value]
+    busy, frames, copied = (-1 if v is None else int(v) for v in row)
+    return busy, frames, copied
 
 
 def _begin_new_log(conn: sqlite3.Connection) -> None:

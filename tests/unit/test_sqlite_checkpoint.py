@@ -80,11 +80,15 @@ def _writer(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _fill(conn: sqlite3.Connection, rows: int = 50) -> None:
+    for _ in range(rows):
+        conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
+
+
 def test_a_restart_rewinds_the_log_once_its_live_part_passes_the_limit(tmp_path: Path) -> None:
     path = tmp_path / "rewind.db"
     conn = _writer(path)
-    for _ in range(600):  # ~1.2 MB of frames
-        conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
+    _fill(conn, 600)  # ~1.2 MB of frames
     _checkpoint(str(path), 1024 * 1024)
     conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
     # Written from the start of the file again: the page that began the new log
@@ -103,8 +107,7 @@ def test_a_rewound_log_is_not_restarted_again_while_small(tmp_path: Path) -> Non
     """
     path = tmp_path / "small.db"
     conn = _writer(path)
-    for _ in range(600):
-        conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
+    _fill(conn, 600)
     _checkpoint(str(path), 1024 * 1024)
     conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
     reader = sqlite3.connect(path, isolation_level=None)
@@ -124,11 +127,6 @@ def _wal_salts(path: Path) -> bytes:
     """The WAL header's salts: SQLite draws new ones each time it rewinds the log."""
     with open(f"{path}-wal", "rb") as wal:
         return wal.read(32)[16:24]
-
-
-def _fill(conn: sqlite3.Connection, rows: int = 50) -> None:
-    for _ in range(rows):
-        conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
 
 
 def test_the_writer_rewinds_a_fully_copied_log_when_left_to_itself(tmp_path: Path) -> None:
